@@ -1,0 +1,197 @@
+//! Command-line definition. clap stays here; the engine takes [`Settings`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit;
+use crate::paths::PathEnv;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mm-upgrade",
+    version,
+    about = "Upgrade memtomem safely: stop every live server, reinstall with uv, prove nothing old is left.",
+    long_about = "Upgrade memtomem safely.\n\nFinds every live memtomem-server and `mm web` (by their pid-file locks, \
+verified in /proc), resolves and downloads the target version first, stops the servers (SIGTERM, grace, SIGKILL), \
+removes stale pid files without touching live ones, runs `uv tool install --reinstall memtomem[extras]==VERSION`, \
+then retires any process of the old generation that a client respawned meanwhile.",
+    after_help = exit::TABLE,
+    args_conflicts_with_subcommands = true,
+    // `--version` is the memtomem version to install (upstream's flag).
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Print mm-upgrade's own version.
+    #[arg(short = 'V', long = "self-version", action = clap::ArgAction::Version)]
+    pub self_version: Option<bool>,
+    #[command(flatten)]
+    pub upgrade: UpgradeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List memtomem processes and whether each runs current or stale code.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Inventory only this runtime directory instead of /tmp/memtomem-<euid> and the legacy candidates (for tests and sandboxes).
+    #[arg(long, value_name = "DIR", env = "MM_UPGRADE_RUNTIME_DIR", global = true)]
+    pub runtime_dir: Option<PathBuf>,
+    /// Home directory for ~/.memtomem (legacy pid file, default store) [default: $HOME].
+    #[arg(long, value_name = "DIR", env = "MM_UPGRADE_HOME", global = true)]
+    pub home: Option<PathBuf>,
+    /// The uv executable [default: `uv` on PATH].
+    #[arg(long, value_name = "PATH", env = "MM_UPGRADE_UV", global = true)]
+    pub uv: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Install this exact version (a bare PEP 440 release such as 0.6.12 or 0.7.0rc1) [default: latest].
+    #[arg(long = "version", value_name = "X.Y.Z")]
+    pub target_version: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL (accepts 5, 0.5, 500ms).
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Extras to install, comma-separated, or `none` [default: read from uv's receipt].
+    #[arg(long, value_name = "LIST|none")]
+    pub extras: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Print the plan (what would be stopped, removed, installed) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Reinstall only; list the live processes that will keep running old code.
+    #[arg(long)]
+    pub skip_pkill: bool,
+    /// Do not resolve and download before stopping; install with --refresh instead of --offline.
+    #[arg(long)]
+    pub no_prepare: bool,
+    /// Seconds uv may take per call before it is stopped.
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_duration)]
+    pub uv_timeout: Duration,
+    /// Also write JSON-lines progress events (discovered, signalled, exited, installed…) to FILE (`-` for stderr).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Do not start the new memtomem-server afterwards to prove it runs.
+    #[arg(long)]
+    pub no_verify: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
+
+/// `5`, `0.5`, `1.5s`, `500ms`; never negative.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("'{s}' must be zero or more seconds"));
+    }
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("'{s}' is too large"))
+}
+
+/// Everything the engine needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub version: Option<String>,
+    pub grace: Duration,
+    pub extras: Option<Vec<String>>,
+    pub yes: bool,
+    pub json: bool,
+    pub dry_run: bool,
+    pub skip_pkill: bool,
+    pub no_prepare: bool,
+    pub no_verify: bool,
+    pub uv: Option<PathBuf>,
+    pub uv_timeout: Duration,
+    pub events: Option<PathBuf>,
+    pub paths: PathEnv,
+    pub path_var: Option<OsString>,
+}
+
+pub fn path_env(common: &Common) -> PathEnv {
+    let home = common
+        .home
+        .clone()
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    PathEnv {
+        euid: crate::sys::euid(),
+        home,
+        xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR"),
+        tmpdir: std::env::var_os("TMPDIR").map(PathBuf::from),
+        runtime_override: common.runtime_dir.clone(),
+        store_env: std::env::var_os("MEMTOMEM_STORAGE__SQLITE_PATH"),
+    }
+}
+
+impl Settings {
+    /// Validate before anything touches the system; errors are usage errors.
+    pub fn resolve(a: &UpgradeArgs) -> Result<Settings, String> {
+        let version = a.target_version.as_deref().map(crate::version::validate).transpose()?;
+        if let Some(dir) = &a.common.runtime_dir {
+            if !dir.is_absolute() {
+                return Err(format!("--runtime-dir {} must be an absolute path", dir.display()));
+            }
+        }
+        Ok(Settings {
+            version,
+            grace: a.grace,
+            extras: a.extras.as_deref().map(crate::install::parse_extras_flag),
+            yes: a.yes,
+            json: a.common.json,
+            dry_run: a.dry_run,
+            skip_pkill: a.skip_pkill,
+            no_prepare: a.no_prepare,
+            no_verify: a.no_verify,
+            uv: a.common.uv.clone(),
+            uv_timeout: a.uv_timeout,
+            events: a.events.clone(),
+            paths: path_env(&a.common),
+            path_var: std::env::var_os("PATH"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("400ms"), Ok(Duration::from_millis(400)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("inf").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,51 @@
+//! Who holds the store's SQLite write lock (#1606). SQLite takes POSIX record
+//! locks, so `F_GETLK` names the holder's pid: the RESERVED/PENDING bytes of
+//! the database file (rollback journal) or the WAL write-lock byte of `-shm`.
+//! Nothing is written and the database is never opened through SQLite.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::sys::Pid;
+
+/// SQLite's lock byte offsets (`os_unix.c`).
+const PENDING_BYTE: i64 = 0x4000_0000;
+/// Byte 120 of the shm file is WAL_WRITE_LOCK.
+const WAL_WRITE_LOCK: i64 = 120;
+
+fn getlk(file: &File, start: i64, len: i64) -> Option<Pid> {
+    // SAFETY: zeroed flock is a valid initial value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: valid fd and flock pointer.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    if rc == 0 && fl.l_type != libc::F_UNLCK as i16 {
+        // OFD locks report -1: a writer exists but cannot be named.
+        Some(fl.l_pid)
+    } else {
+        None
+    }
+}
+
+/// The pid holding a write lock on the store, if any (`Some(-1)` when the
+/// lock is an OFD lock that carries no pid). Opening the file read-only and
+/// closing it cannot drop locks: this process holds none on it.
+pub fn write_lock_holder(db: &Path) -> Option<Pid> {
+    let file = File::open(db).ok()?;
+    let mut magic = [0u8; 16];
+    use std::io::Read;
+    if (&file).read_exact(&mut magic).is_err() || &magic != b"SQLite format 3\0" {
+        return None;
+    }
+    // RESERVED (writer) is PENDING_BYTE+1; PENDING and the SHARED range follow.
+    if let Some(pid) = getlk(&file, PENDING_BYTE + 1, 1) {
+        return Some(pid);
+    }
+    let shm = db.with_file_name(format!("{}-shm", db.file_name()?.to_string_lossy()));
+    let shm = File::open(shm).ok()?;
+    getlk(&shm, WAL_WRITE_LOCK, 1)
+}

@@ -1,0 +1,317 @@
+//! Stage 5: the reinstall through uv. Prepared first (resolved and downloaded
+//! into uv's cache while the old servers still run), so a version that cannot
+//! be installed fails before anything is stopped, and the install after the
+//! stop is an `--offline` copy from a warm cache.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The package name on PyPI and in uv's tool dir.
+pub const PACKAGE: &str = "memtomem";
+
+/// Why a uv call failed. Each has its own message and exit class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UvError {
+    #[error("uv not found ({0}). Install uv (https://docs.astral.sh/uv/) and retry.")]
+    Missing(String),
+    #[error("cannot run {program}: {error}")]
+    Spawn { program: String, error: String },
+    #[error("{what} timed out after {secs}s")]
+    Timeout { what: String, secs: u64 },
+    #[error("{what} failed (rc={code})")]
+    Failed { what: String, code: i32, stderr: String },
+}
+
+impl UvError {
+    pub fn stderr(&self) -> Option<&str> {
+        match self {
+            UvError::Failed { stderr, .. } => Some(stderr),
+            _ => None,
+        }
+    }
+}
+
+/// How to call uv.
+#[derive(Debug, Clone)]
+pub struct Uv {
+    pub program: PathBuf,
+    pub timeout: Duration,
+}
+
+/// Output of a finished uv call.
+#[derive(Debug, Clone)]
+pub struct UvOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Uv {
+    /// Find uv: an explicit path, else `uv` on `PATH`.
+    pub fn locate(explicit: Option<&Path>, path_var: Option<&std::ffi::OsStr>, timeout: Duration) -> Result<Uv, UvError> {
+        let found = match explicit {
+            Some(p) => crate::sys::which(&p.to_string_lossy(), path_var)
+                .ok_or_else(|| UvError::Missing(format!("{} is not an executable file", p.display())))?,
+            None => crate::sys::which("uv", path_var).ok_or_else(|| UvError::Missing("`uv` is not on PATH".into()))?,
+        };
+        Ok(Uv { program: found, timeout })
+    }
+
+    /// Run uv with `args` (and extra environment), bounded by the timeout.
+    /// uv runs in its own process group so a timeout stops all of it.
+    pub fn run(&self, what: &str, args: &[String], envs: &[(OsString, OsString)], timeout: Duration) -> Result<UvOutput, UvError> {
+        let started = Instant::now();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                UvError::Missing(format!("{} does not exist", self.program.display()))
+            } else {
+                UvError::Spawn { program: self.program.display().to_string(), error: e.to_string() }
+            }
+        })?;
+        let mut out_pipe = child.stdout.take();
+        let mut err_pipe = child.stderr.take();
+        let out_t = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(p) = out_pipe.as_mut() {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(p) = err_pipe.as_mut() {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        });
+        let pid = child.id() as i32;
+        let exited = wait_child_exit(pid, timeout);
+        if !exited {
+            // SAFETY: uv leads its own group (process_group(0) above).
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let _ = child.wait();
+            let _ = (out_t.join(), err_t.join());
+            return Err(UvError::Timeout { what: what.to_string(), secs: timeout.as_secs() });
+        }
+        let status = child.wait().map_err(|e| UvError::Spawn { program: self.program.display().to_string(), error: e.to_string() })?;
+        let stdout = out_t.join().unwrap_or_default();
+        let stderr = err_t.join().unwrap_or_default();
+        if !status.success() {
+            use std::os::unix::process::ExitStatusExt;
+            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            return Err(UvError::Failed { what: what.to_string(), code, stderr });
+        }
+        Ok(UvOutput { stdout, stderr, elapsed: started.elapsed() })
+    }
+
+    /// `uv tool dir` and `uv tool dir --bin`.
+    pub fn tool_dirs(&self) -> Result<(PathBuf, Option<PathBuf>), UvError> {
+        let t = Duration::from_secs(10);
+        let dir = self.run("uv tool dir", &["tool".into(), "dir".into()], &[], t)?;
+        let bin = self
+            .run("uv tool dir --bin", &["tool".into(), "dir".into(), "--bin".into()], &[], t)
+            .ok()
+            .map(|o| PathBuf::from(o.stdout.trim()))
+            .filter(|p| !p.as_os_str().is_empty());
+        Ok((PathBuf::from(dir.stdout.trim()), bin))
+    }
+}
+
+/// Wait for a child to exit (without reaping it) for at most `timeout`.
+fn wait_child_exit(pid: i32, timeout: Duration) -> bool {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: fresh descriptor from the kernel.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let h = crate::sys::wait_any_fd(&fd, timeout);
+        return h;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: WNOWAIT leaves the child for Child::wait to reap.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as u32, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+        let _ = &mut status;
+        // SAFETY: si_pid is valid after a successful waitid.
+        if rc == 0 && unsafe { info.si_pid() } == pid {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Extras from uv's receipt (`[tool].requirements[name=memtomem].extras`), so
+/// a `memtomem[all]` user keeps `[all]`. Any problem reads as "none".
+pub fn receipt_extras(tool_dir: &Path) -> Vec<String> {
+    let Ok(text) = fs::read_to_string(tool_dir.join(PACKAGE).join("uv-receipt.toml")) else { return vec![] };
+    let Ok(doc) = text.parse::<toml::Table>() else { return vec![] };
+    let Some(reqs) = doc.get("tool").and_then(|t| t.get("requirements")).and_then(|r| r.as_array()) else {
+        return vec![];
+    };
+    for req in reqs {
+        match req {
+            toml::Value::Table(t) if t.get("name").and_then(|n| n.as_str()) == Some(PACKAGE) => {
+                return t
+                    .get("extras")
+                    .and_then(|e| e.as_array())
+                    .map(|a| a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect())
+                    .unwrap_or_default();
+            }
+            // Legacy receipts hold PEP 508 strings: "memtomem[all]==0.1".
+            toml::Value::String(s) if s.starts_with(PACKAGE) => {
+                let rest = &s[PACKAGE.len()..];
+                if let Some(inner) = rest.strip_prefix('[').and_then(|r| r.split_once(']')).map(|(i, _)| i) {
+                    return inner.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+                }
+                return vec![];
+            }
+            _ => {}
+        }
+    }
+    vec![]
+}
+
+/// `--extras`: `none` or empty means a bare install; otherwise a comma list
+/// (case preserved, blanks dropped).
+pub fn parse_extras_flag(s: &str) -> Vec<String> {
+    if s.trim().eq_ignore_ascii_case("none") || s.trim().is_empty() {
+        return vec![];
+    }
+    s.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect()
+}
+
+/// `memtomem`, `memtomem[a,b]`, with `==V` when pinned.
+pub fn package_spec(extras: &[String], version: Option<&str>) -> String {
+    let mut s = PACKAGE.to_string();
+    if !extras.is_empty() {
+        s.push('[');
+        s.push_str(&extras.join(","));
+        s.push(']');
+    }
+    if let Some(v) = version {
+        s.push_str("==");
+        s.push_str(v);
+    }
+    s
+}
+
+/// The argv after `uv` for the real install.
+pub fn install_args(spec: &str, prepared: bool) -> Vec<String> {
+    let mode = if prepared { "--offline" } else { "--refresh" };
+    ["tool", "install", mode, "--reinstall", spec].iter().map(|s| s.to_string()).collect()
+}
+
+/// Result of the preparation: the exact version uv resolved, now in its cache.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub version: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// Resolve and download `spec` by installing it into a throwaway tool dir:
+/// the same resolver and cache as the real install, without touching it.
+pub fn prepare(uv: &Uv, spec: &str) -> Result<Prepared, UvError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("mm-upgrade-prepare-")
+        .tempdir()
+        .map_err(|e| UvError::Spawn { program: "mkdtemp".into(), error: e.to_string() })?;
+    let tools = scratch.path().join("tools");
+    let bin = scratch.path().join("bin");
+    let envs = vec![
+        (OsString::from("UV_TOOL_DIR"), tools.clone().into_os_string()),
+        (OsString::from("UV_TOOL_BIN_DIR"), bin.into_os_string()),
+    ];
+    let args: Vec<String> = ["tool", "install", "--refresh", spec].iter().map(|s| s.to_string()).collect();
+    let out = uv.run(&format!("preparing {spec}"), &args, &envs, uv.timeout)?;
+    Ok(Prepared { version: installed_version(&tools), elapsed: out.elapsed })
+}
+
+/// The installed version, from `<tool dir>/memtomem/lib/python*/site-packages/memtomem-<V>.dist-info`.
+pub fn installed_version(tool_dir: &Path) -> Option<String> {
+    let lib = tool_dir.join(PACKAGE).join("lib");
+    for py in fs::read_dir(&lib).ok()?.flatten() {
+        let site = py.path().join("site-packages");
+        let Ok(entries) = fs::read_dir(&site) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(v) = name.strip_prefix("memtomem-").and_then(|r| r.strip_suffix(".dist-info")) {
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_extras_table_and_legacy_forms() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("memtomem");
+        fs::create_dir_all(&d).unwrap();
+        assert!(receipt_extras(tmp.path()).is_empty());
+        fs::write(d.join("uv-receipt.toml"), "[tool]\nrequirements = [{ name = \"memtomem\", extras = [\"all\"], specifier = \"==0.6.12\" }]\n").unwrap();
+        assert_eq!(receipt_extras(tmp.path()), vec!["all"]);
+        fs::write(d.join("uv-receipt.toml"), "[tool]\nrequirements = [{ name = \"memtomem\", specifier = \"==0.6.12\" }]\n").unwrap();
+        assert!(receipt_extras(tmp.path()).is_empty());
+        fs::write(d.join("uv-receipt.toml"), "[tool]\nrequirements = [\"memtomem[web,onnx]==0.1\"]\n").unwrap();
+        assert_eq!(receipt_extras(tmp.path()), vec!["web", "onnx"]);
+        fs::write(d.join("uv-receipt.toml"), "not toml [[[").unwrap();
+        assert!(receipt_extras(tmp.path()).is_empty());
+        // A receipt that starts with a lock section still has [tool].
+        fs::write(d.join("uv-receipt.toml"), "version = 1\n[[package]]\nname = \"x\"\n[tool]\nrequirements = [{ name = \"memtomem\", extras = [\"all\"] }]\n").unwrap();
+        assert_eq!(receipt_extras(tmp.path()), vec!["all"]);
+    }
+
+    #[test]
+    fn extras_flag_and_spec() {
+        assert!(parse_extras_flag("none").is_empty());
+        assert!(parse_extras_flag(" NONE ").is_empty());
+        assert_eq!(parse_extras_flag("onnx, Web,,"), vec!["onnx", "Web"]);
+        assert_eq!(package_spec(&[], None), "memtomem");
+        assert_eq!(package_spec(&["all".into()], Some("0.1.32")), "memtomem[all]==0.1.32");
+        assert_eq!(install_args("memtomem==1", true), vec!["tool", "install", "--offline", "--reinstall", "memtomem==1"]);
+        assert_eq!(install_args("memtomem", false), vec!["tool", "install", "--refresh", "--reinstall", "memtomem"]);
+    }
+
+    #[test]
+    fn version_from_dist_info() {
+        let tmp = tempfile::tempdir().unwrap();
+        let site = tmp.path().join("memtomem/lib/python3.12/site-packages/memtomem-0.6.12.dist-info");
+        fs::create_dir_all(&site).unwrap();
+        assert_eq!(installed_version(tmp.path()).as_deref(), Some("0.6.12"));
+    }
+
+    #[test]
+    fn uv_errors_are_distinct() {
+        let missing = Uv::locate(Some(Path::new("/nonexistent/uv")), None, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(missing, UvError::Missing(_)));
+        let sh = Uv { program: "/bin/sh".into(), timeout: Duration::from_secs(5) };
+        let err = sh.run("x", &["-c".into(), "echo boom >&2; exit 3".into()], &[], Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err, UvError::Failed { what: "x".into(), code: 3, stderr: "boom\n".into() });
+        let err = sh.run("x", &["-c".into(), "sleep 30".into()], &[], Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, UvError::Timeout { .. }));
+        let ok = sh.run("x", &["-c".into(), "echo hi".into()], &[], Duration::from_secs(5)).unwrap();
+        assert_eq!(ok.stdout, "hi\n");
+    }
+}

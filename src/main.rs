@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    mm_upgrade::main(std::env::args_os())
+}

@@ -1,0 +1,504 @@
+//! Reading memtomem pid files safely (contract §3): no links followed, only
+//! regular files, a 4 KiB payload cap, identity checks around the lock, and a
+//! payload parser that never lets 0, -1 or 1 become a signal target.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+
+use crate::sys::FileId;
+
+/// Payloads larger than this are oversized: metadata is discarded but the
+/// lock is still probed.
+pub const PAYLOAD_CAP: usize = 4096;
+
+/// The positional fields of a pid payload: `<pid>\n<port>\n<started>\n`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Payload {
+    /// The pid exactly as written, if it parses as an integer (may be 0 or
+    /// negative: see [`Payload::signalable_pid`]).
+    pub pid: Option<i64>,
+    pub port: Option<i64>,
+    pub started: Option<String>,
+    /// Why there is no metadata (empty, oversize, non-UTF-8…), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+impl Payload {
+    /// The pid if it may name a process we could ever signal: 2..=pid_max.
+    /// 0 and negatives address process groups and 1 is init, so none of them
+    /// is ever a target, whatever a file says.
+    pub fn signalable_pid(&self) -> Option<i32> {
+        match self.pid {
+            Some(p) if p > 1 && p <= i32::MAX as i64 => Some(p as i32),
+            _ => None,
+        }
+    }
+
+    pub fn started_at(&self) -> Option<OffsetDateTime> {
+        self.started.as_deref().and_then(parse_stamp)
+    }
+}
+
+/// Python `int()` on one stripped line: optional sign, ASCII digits with
+/// single underscores between them.
+fn python_int(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (neg, digits) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.starts_with('_') || digits.ends_with('_') || digits.contains("__") {
+        return None;
+    }
+    let cleaned: String = digits.chars().filter(|c| *c != '_').collect();
+    if !cleaned.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let v: i64 = cleaned.parse().ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// Parse payload bytes the way upstream does (positional lines).
+pub fn parse_payload(bytes: &[u8]) -> Payload {
+    if bytes.len() > PAYLOAD_CAP {
+        return Payload { unreadable: Some(format!("payload larger than {PAYLOAD_CAP} bytes")), ..Default::default() };
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Payload { unreadable: Some("payload is not UTF-8".into()), ..Default::default() };
+    };
+    if text.trim().is_empty() {
+        return Payload { unreadable: Some("payload is empty".into()), ..Default::default() };
+    }
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let pid = lines.first().and_then(|l| python_int(l));
+    Payload {
+        pid,
+        port: lines.get(1).and_then(|l| python_int(l)),
+        started: lines.get(2).filter(|l| !l.is_empty()).map(|l| l.to_string()),
+        unreadable: pid.is_none().then(|| "first line is not an integer".into()),
+    }
+}
+
+/// Parse Python `isoformat()` stamps; a naive stamp is taken as UTC.
+pub fn parse_stamp(s: &str) -> Option<OffsetDateTime> {
+    use time::format_description::well_known::Iso8601;
+    if let Ok(t) = OffsetDateTime::parse(s, &Iso8601::DEFAULT) {
+        return Some(t);
+    }
+    time::PrimitiveDateTime::parse(s, &Iso8601::DEFAULT)
+        .ok()
+        .map(|p| p.assume_utc())
+}
+
+/// Python-style `isoformat()` of a UTC time, microseconds omitted when zero.
+pub fn format_stamp(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let base = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    match t.microsecond() {
+        0 => format!("{base}+00:00"),
+        us => format!("{base}.{us:06}+00:00"),
+    }
+}
+
+/// The outcome of probing one pid-file path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// No file (or its parent is missing).
+    Missing,
+    /// A regular file nobody holds a lock on.
+    Stale { payload: Payload, id: FileId },
+    /// A regular file whose exclusive lock is contended: someone is alive.
+    Held { payload: Payload, id: FileId },
+    /// Something we cannot verify (a link, a FIFO, an identity change…).
+    /// Callers refuse; they never signal on it.
+    Unverifiable { reason: String },
+}
+
+fn identity(meta: &fs::Metadata) -> FileId {
+    FileId::of(meta)
+}
+
+/// `probe_pid_file` (contract §3.2), with the flock taken on the very
+/// descriptor whose bytes were read.
+pub fn probe(path: &Path) -> Probe {
+    match probe_inner(path) {
+        Ok(p) => p,
+        Err(reason) => Probe::Unverifiable { reason },
+    }
+}
+
+fn probe_inner(path: &Path) -> Result<Probe, String> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let pmeta = match fs::symlink_metadata(parent) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
+        Err(e) => return Err(format!("cannot inspect pid parent {}: {e}", parent.display())),
+    };
+    if pmeta.file_type().is_symlink() {
+        return match fs::metadata(parent) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Missing),
+            _ => Err(format!("pid parent {} is redirected or not a directory", parent.display())),
+        };
+    }
+    if !pmeta.is_dir() {
+        return Err(format!("pid parent {} is redirected or not a directory", parent.display()));
+    }
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
+        Err(e) => return Err(format!("cannot stat pid path {}: {e}", path.display())),
+    };
+    if !meta.file_type().is_file() {
+        let what = file_kind(&meta);
+        return Err(format!("pid path {} is not a regular file ({what})", path.display()));
+    }
+    let before = identity(&meta);
+    let pid_before = identity(&pmeta);
+    let mut file = open_nofollow(path).map_err(|e| format!("cannot open pid path {}: {e}", path.display()))?;
+    check_identity(&file, path, before, parent, pid_before)?;
+    let mut buf = Vec::with_capacity(64);
+    let payload = match (&mut file).take(PAYLOAD_CAP as u64 + 1).read_to_end(&mut buf) {
+        Ok(_) => parse_payload(&buf),
+        Err(e) => Payload { unreadable: Some(format!("read failed: {e}")), ..Default::default() },
+    };
+    let _ = file.rewind();
+    let contended = match try_flock(&file, libc::LOCK_EX) {
+        Ok(true) => false,
+        Ok(false) => true,
+        Err(e) => return Err(format!("cannot lock pid path {}: {e}", path.display())),
+    };
+    check_identity(&file, path, before, parent, pid_before)?;
+    if contended {
+        Ok(Probe::Held { payload, id: before })
+    } else {
+        unlock(&file);
+        Ok(Probe::Stale { payload, id: before })
+    }
+}
+
+pub(crate) fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "device"
+    } else {
+        "regular file"
+    }
+}
+
+/// Open read-write without following a link and without blocking on a FIFO
+/// swapped in after the `lstat`.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn check_identity(file: &File, path: &Path, id: FileId, parent: &Path, parent_id: FileId) -> Result<(), String> {
+    let changed = || format!("pid path {} changed identity during probe", path.display());
+    let fmeta = file.metadata().map_err(|_| changed())?;
+    if !fmeta.is_file() || identity(&fmeta) != id {
+        return Err(changed());
+    }
+    match fs::symlink_metadata(parent) {
+        Ok(m) if m.is_dir() && identity(&m) == parent_id => {}
+        _ => return Err(format!("pid parent {} is redirected or not a directory", parent.display())),
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() && identity(&m) == id => Ok(()),
+        _ => Err(changed()),
+    }
+}
+
+/// Non-blocking BSD flock. `Ok(false)` means contended.
+pub fn try_flock(file: &File, op: i32) -> io::Result<bool> {
+    // SAFETY: valid descriptor, plain flock.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+pub fn unlock(file: &File) {
+    // SAFETY: valid descriptor.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+}
+
+/// How a held legacy `~/.memtomem/.server.pid` is held (contract §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LegacyMode {
+    /// A 0.1.26 → pre-#2003 server's compatibility alias: not a stop target.
+    Shared,
+    /// A genuine pre-0.1.25 server.
+    Exclusive,
+}
+
+/// Classify a held legacy pid file by trying a shared lock.
+pub fn classify_legacy(path: &Path, id: FileId) -> Result<LegacyMode, String> {
+    let file = open_nofollow(path).map_err(|e| format!("legacy lock classification failed: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("legacy lock classification failed: {e}"))?;
+    if identity(&meta) != id {
+        return Err("legacy lock classification failed: file changed identity".into());
+    }
+    match try_flock(&file, libc::LOCK_SH) {
+        Ok(true) => {
+            unlock(&file);
+            Ok(LegacyMode::Shared)
+        }
+        Ok(false) => Ok(LegacyMode::Exclusive),
+        Err(e) => Err(format!("legacy lock classification failed: {e}")),
+    }
+}
+
+/// Remove a pid file only if nobody holds it, while holding its lock
+/// ourselves, and only if the path still names the inode we locked (#2595).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlink {
+    Removed,
+    Missing,
+    /// Someone (a respawned server) holds it now: left alone.
+    Held,
+    /// The path names another file now: left alone.
+    Replaced,
+}
+
+pub fn unlink_if_stale(path: &Path) -> Result<Unlink, String> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Unlink::Missing),
+        Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
+    };
+    if !meta.file_type().is_file() {
+        return Err(format!("{} is not a regular file ({}); not removing it", path.display(), file_kind(&meta)));
+    }
+    let file = match open_nofollow(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Unlink::Missing),
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
+    let id = identity(&file.metadata().map_err(|e| e.to_string())?);
+    if id != identity(&meta) {
+        return Ok(Unlink::Replaced);
+    }
+    match try_flock(&file, libc::LOCK_EX) {
+        Ok(true) => {}
+        Ok(false) => return Ok(Unlink::Held),
+        Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() && identity(&m) == id => {}
+        Ok(_) => return Ok(Unlink::Replaced),
+        Err(_) => return Ok(Unlink::Missing),
+    }
+    // Unlinked while we hold the lock: a server that opened the old inode
+    // and then sees its path gone re-opens (contract §2.2 5c).
+    match fs::remove_file(path) {
+        Ok(()) => Ok(Unlink::Removed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Unlink::Missing),
+        Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+    }
+}
+
+/// A presence or instance marker name: `<pid>-<ppid>-<digest16>-<procid8>-<nonce8>.lock`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MarkerName {
+    pub pid: i64,
+    pub ppid: i64,
+    pub digest: String,
+    pub procid: String,
+}
+
+pub fn parse_marker_name(name: &str) -> Option<MarkerName> {
+    let stem = name.strip_suffix(".lock")?;
+    let parts: Vec<&str> = stem.split('-').collect();
+    if parts.len() != 5 {
+        return None;
+    }
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let dec = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !(dec(parts[0]) && dec(parts[1]) && hex(parts[2], 16) && hex(parts[3], 8) && hex(parts[4], 8)) {
+        return None;
+    }
+    Some(MarkerName {
+        pid: parts[0].parse().ok()?,
+        ppid: parts[1].parse().ok()?,
+        digest: parts[2].to_string(),
+        procid: parts[3].to_string(),
+    })
+}
+
+/// Shorten a path under HOME to `~/…` for human output.
+pub fn tilde(path: &Path, home: &Path) -> String {
+    match path.strip_prefix(home) {
+        Ok(rest) if !home.as_os_str().is_empty() && home != Path::new("/") => format!("~/{}", rest.display()),
+        _ => path.display().to_string(),
+    }
+}
+
+pub fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+pub fn pb(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn server_payload_parses() {
+        let p = parse_payload(b"8380\n\n2026-11-26T11:32:39.333969+00:00\n");
+        assert_eq!(p.pid, Some(8380));
+        assert_eq!(p.port, None);
+        assert_eq!(p.signalable_pid(), Some(8380));
+        assert!(p.started_at().is_some());
+    }
+
+    #[test]
+    fn web_payload_has_port() {
+        let p = parse_payload(b"10067\n18081\n2026-11-26T11:35:31.372762+00:00\n");
+        assert_eq!((p.pid, p.port), (Some(10067), Some(18081)));
+    }
+
+    #[test]
+    fn hostile_pids_are_never_signalable() {
+        for raw in ["0", "-1", "1", "-4242", "+0", "99999999999"] {
+            let p = parse_payload(format!("{raw}\n\n").as_bytes());
+            assert_eq!(p.signalable_pid(), None, "{raw}");
+        }
+        assert_eq!(parse_payload(b"1_000\n").signalable_pid(), Some(1000));
+    }
+
+    #[test]
+    fn unreadable_payloads() {
+        assert!(parse_payload(b"").unreadable.is_some());
+        assert!(parse_payload(b"garbage\n").unreadable.is_some());
+        assert!(parse_payload(&[0xff, 0xfe, b'\n']).unreadable.is_some());
+        assert!(parse_payload(&vec![b'1'; PAYLOAD_CAP + 1]).unreadable.is_some());
+        assert_eq!(parse_payload(b"123").pid, Some(123));
+    }
+
+    #[test]
+    fn stamps_with_and_without_fraction() {
+        let a = parse_stamp("2026-11-26T11:32:39+00:00").unwrap();
+        let b = parse_stamp("2026-11-26T11:32:39.000001+00:00").unwrap();
+        assert!(b > a);
+        assert_eq!(parse_stamp("2026-11-26T11:32:39"), Some(a));
+        assert_eq!(format_stamp(a), "2026-11-26T11:32:39+00:00");
+        assert_eq!(format_stamp(b), "2026-11-26T11:32:39.000001+00:00");
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics_and_never_yields_unsafe_pids(bytes in proptest::collection::vec(any::<u8>(), 0..5000)) {
+            let p = parse_payload(&bytes);
+            if let Some(pid) = p.signalable_pid() {
+                prop_assert!(pid > 1);
+            }
+        }
+
+        #[test]
+        fn stamp_roundtrip(secs in 0i64..4_000_000_000, us in 0u32..1_000_000) {
+            let t = OffsetDateTime::from_unix_timestamp(secs).unwrap().replace_microsecond(us).unwrap();
+            prop_assert_eq!(parse_stamp(&format_stamp(t)), Some(t));
+        }
+    }
+
+    #[test]
+    fn probe_outcomes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("server.pid");
+        assert_eq!(probe(&path), Probe::Missing);
+        assert_eq!(probe(&tmp.path().join("nodir/server.pid")), Probe::Missing);
+        fs::write(&path, b"4242\n\n2026-11-26T11:32:39+00:00\n").unwrap();
+        assert!(matches!(probe(&path), Probe::Stale { payload, .. } if payload.pid == Some(4242)));
+        // A second open file description conflicts even within one process.
+        let holder = File::open(&path).unwrap();
+        assert!(try_flock(&holder, libc::LOCK_EX).unwrap());
+        assert!(matches!(probe(&path), Probe::Held { .. }));
+        assert_eq!(unlink_if_stale(&path), Ok(Unlink::Held));
+        unlock(&holder);
+        assert_eq!(unlink_if_stale(&path), Ok(Unlink::Removed));
+        assert!(!path.exists());
+        assert_eq!(unlink_if_stale(&path), Ok(Unlink::Missing));
+    }
+
+    #[test]
+    fn links_and_fifos_are_unverifiable_and_never_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("real");
+        fs::write(&target, b"4242\n").unwrap();
+        let link = tmp.path().join("server.pid");
+        symlink(&target, &link).unwrap();
+        assert!(matches!(probe(&link), Probe::Unverifiable { reason } if reason.contains("symlink")));
+        assert!(unlink_if_stale(&link).is_err());
+        assert!(target.exists() && link.symlink_metadata().is_ok());
+        let dangling = tmp.path().join("web.pid");
+        symlink(tmp.path().join("nowhere"), &dangling).unwrap();
+        assert!(matches!(probe(&dangling), Probe::Unverifiable { .. }));
+        let fifo = tmp.path().join("server-0000000000000000.pid");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(probe(&fifo), Probe::Unverifiable { reason } if reason.contains("FIFO")));
+        assert!(unlink_if_stale(&fifo).is_err());
+        assert!(fifo.symlink_metadata().is_ok());
+    }
+
+    #[test]
+    fn legacy_shared_and_exclusive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(".server.pid");
+        fs::write(&path, b"4242").unwrap();
+        let holder = File::open(&path).unwrap();
+        assert!(try_flock(&holder, libc::LOCK_SH).unwrap());
+        let Probe::Held { id, .. } = probe(&path) else { panic!("shared holder must read as held") };
+        assert_eq!(classify_legacy(&path, id), Ok(LegacyMode::Shared));
+        unlock(&holder);
+        assert!(try_flock(&holder, libc::LOCK_EX).unwrap());
+        assert_eq!(classify_legacy(&path, id), Ok(LegacyMode::Exclusive));
+    }
+
+    #[test]
+    fn marker_names() {
+        let m = parse_marker_name("2792-1-7e8680b97476a9e5-54004f8e-6080cb89.lock").unwrap();
+        assert_eq!((m.pid, m.ppid, m.procid.as_str()), (2792, 1, "54004f8e"));
+        assert!(parse_marker_name("2792-1-7e8680b97476a9e5-54004f8e.lock").is_none());
+        assert!(parse_marker_name("x-1-7e8680b97476a9e5-54004f8e-6080cb89.lock").is_none());
+        assert!(parse_marker_name("2792-1-7E8680B97476A9E5-54004f8e-6080cb89.lock").is_none());
+    }
+}

@@ -1,0 +1,131 @@
+//! A rollback copy of the installation, taken before anything is stopped, so
+//! a failed install leaves a working memtomem at the same paths (venvs embed
+//! absolute paths in shebangs and `pyvenv.cfg`, so restoring elsewhere would
+//! not work).
+//!
+//! The copy is made of hard links: fast, and safe because uv replaces the
+//! environment by deleting and recreating it, never by rewriting files.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use crate::install::PACKAGE;
+
+#[derive(Debug)]
+pub struct Backup {
+    env_dir: PathBuf,
+    copy: PathBuf,
+    /// Entry points in uv's bin dir that point into the environment.
+    links: Vec<(PathBuf, PathBuf)>,
+    root: PathBuf,
+}
+
+impl Backup {
+    /// Copy `<tool_dir>/memtomem` aside (same filesystem, next to the tool dir).
+    pub fn take(tool_dir: &Path, bin_dir: Option<&Path>) -> io::Result<Option<Backup>> {
+        let env_dir = tool_dir.join(PACKAGE);
+        if !env_dir.is_dir() {
+            return Ok(None);
+        }
+        let parent = tool_dir.parent().unwrap_or(tool_dir);
+        let root = parent.join(format!(".mm-upgrade-rollback-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root)?;
+        let copy = root.join(PACKAGE);
+        if let Err(e) = link_tree(&env_dir, &copy) {
+            let _ = fs::remove_dir_all(&root);
+            return Err(e);
+        }
+        let mut links = Vec::new();
+        if let Some(bin) = bin_dir {
+            if let Ok(entries) = fs::read_dir(bin) {
+                for e in entries.flatten() {
+                    if let Ok(target) = fs::read_link(e.path()) {
+                        if target.starts_with(&env_dir) {
+                            links.push((e.path(), target));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Some(Backup { env_dir, copy, links, root }))
+    }
+
+    /// Put the previous installation back exactly where it was.
+    pub fn restore(&self) -> io::Result<()> {
+        if self.env_dir.exists() || self.env_dir.symlink_metadata().is_ok() {
+            fs::remove_dir_all(&self.env_dir)?;
+        }
+        fs::rename(&self.copy, &self.env_dir)?;
+        for (link, target) in &self.links {
+            if link.symlink_metadata().is_ok() {
+                fs::remove_file(link)?;
+            }
+            symlink(target, link)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Backup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Recreate `src` at `dst`: directories made, files hard-linked (copied when
+/// linking is impossible), symlinks recreated.
+fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::create_dir(dst)?;
+    fs::set_permissions(dst, fs::metadata(src)?.permissions())?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ft.is_dir() {
+            link_tree(&entry.path(), &to)?;
+        } else if ft.is_symlink() {
+            symlink(fs::read_link(entry.path())?, &to)?;
+        } else if fs::hard_link(entry.path(), &to).is_err() {
+            fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_brings_back_env_and_entry_points_after_the_env_is_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tools = tmp.path().join("tools");
+        let bin = tmp.path().join("bin");
+        let env = tools.join("memtomem");
+        fs::create_dir_all(env.join("bin")).unwrap();
+        fs::create_dir_all(&bin).unwrap();
+        fs::write(env.join("bin/memtomem-server"), "#!/bin/sh\necho old\n").unwrap();
+        fs::write(env.join("uv-receipt.toml"), "[tool]\n").unwrap();
+        symlink(env.join("bin/memtomem-server"), bin.join("memtomem-server")).unwrap();
+        let b = Backup::take(&tools, Some(&bin)).unwrap().unwrap();
+        // The worst moment: uv deleted the environment and its links, then failed.
+        fs::remove_dir_all(&env).unwrap();
+        fs::remove_file(bin.join("memtomem-server")).unwrap();
+        fs::create_dir_all(env.join("half-built")).unwrap();
+        b.restore().unwrap();
+        assert_eq!(fs::read_to_string(bin.join("memtomem-server")).unwrap(), "#!/bin/sh\necho old\n");
+        assert!(!env.join("half-built").exists());
+        let root = b.root.clone();
+        drop(b);
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn no_installation_means_no_backup() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(Backup::take(tmp.path(), None).unwrap().is_none());
+    }
+}

@@ -1,0 +1,80 @@
+//! All output goes through here: human text on stdout, warnings on stderr,
+//! one JSON document at the end with `--json`, and optional JSON-lines events.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+pub struct Ui {
+    pub json: bool,
+    events: Option<Box<dyn Write>>,
+    epoch: std::time::Instant,
+}
+
+impl Ui {
+    pub fn new(json: bool, events: Option<&Path>) -> io::Result<Ui> {
+        let events: Option<Box<dyn Write>> = match events {
+            None => None,
+            Some(p) if p == Path::new("-") => Some(Box::new(io::stderr())),
+            Some(p) => Some(Box::new(OpenOptions::new().create(true).append(true).open(p).map(|f: File| f)?)),
+        };
+        Ok(Ui { json, events, epoch: std::time::Instant::now() })
+    }
+
+    /// A line of human output (suppressed under `--json`).
+    pub fn say(&mut self, line: impl AsRef<str>) {
+        if !self.json {
+            let _ = writeln!(io::stdout().lock(), "{}", line.as_ref());
+        }
+    }
+
+    /// A warning: always on stderr, so `--json` stdout stays one document.
+    pub fn warn(&mut self, line: impl AsRef<str>) {
+        let _ = writeln!(io::stderr().lock(), "warning: {}", line.as_ref());
+    }
+
+    /// One JSON-lines progress event.
+    pub fn event(&mut self, kind: &str, fields: Value) {
+        let Some(w) = self.events.as_mut() else { return };
+        let mut obj = Map::new();
+        obj.insert("event".into(), json!(kind));
+        obj.insert("t_ms".into(), json!((self.epoch.elapsed().as_secs_f64() * 1e6).round() / 1e3));
+        if let Value::Object(m) = fields {
+            obj.extend(m);
+        }
+        let _ = writeln!(w, "{}", Value::Object(obj));
+        let _ = w.flush();
+    }
+
+    /// The final JSON document (only with `--json`).
+    pub fn finish_json(&mut self, doc: &Map<String, Value>) {
+        if self.json {
+            let _ = writeln!(io::stdout().lock(), "{}", Value::Object(doc.clone()));
+        }
+    }
+
+    /// Ask on the terminal; the prompt goes to stderr so stdout stays clean.
+    pub fn confirm(&mut self, question: &str) -> Confirm {
+        if !io::stdin().is_terminal() {
+            return Confirm::NotATerminal;
+        }
+        let _ = write!(io::stderr().lock(), "\n{question} [Y/n] ");
+        let _ = io::stderr().flush();
+        let mut answer = String::new();
+        if io::stdin().read_line(&mut answer).is_err() {
+            return Confirm::No;
+        }
+        match answer.trim().to_ascii_lowercase().as_str() {
+            "" | "y" | "yes" => Confirm::Yes,
+            _ => Confirm::No,
+        }
+    }
+}
+
+pub enum Confirm {
+    Yes,
+    No,
+    NotATerminal,
+}

@@ -1,0 +1,349 @@
+//! Scenario suite: one test per `scenarios/<area>/<name>.toml` (see scenarios/README.md).
+//!
+//! `cargo test --features scenarios` runs them all; `cargo test --features scenarios --
+//! ignores-sigterm` runs the ones whose name contains that text.
+//!
+//! Every scenario runs in its own child process (this same binary, re-executed with
+//! `MM_SCENARIO_INNER`), which is the subreaper of everything it starts, so scenarios
+//! running in parallel threads never see each other's processes, and nothing outlives a
+//! scenario. Hostile scenarios (pid files naming 0, -1 or 1) run inside their own pid
+//! namespace (`unshare --pid --fork --mount-proc`) when available.
+//!
+//! Environment:
+//! - `MM_SCENARIO_UPGRADER="<command>"`: differential mode, run another upgrader (e.g.
+//!   memtomem's `mm upgrade`) and print a pass/fail table instead of failing.
+//! - `MM_SCENARIO_TABLE=<file>`: also write that table (markdown) to a file.
+//! - `MM_SCENARIO_KEEP=1`: keep every sandbox (paths are printed); `MM_SCENARIO_KEEP_FAILED=1`
+//!   keeps only failed ones. `MM_SCENARIO_PAUSE=1`: stop before the upgrader runs and print
+//!   the commands to poke at the live sandbox (use with `--nocapture` and one scenario;
+//!   see `scripts/run-scenario.sh`).
+//! - `MM_SCENARIO_TIME_SCALE=3`: stretch every runner deadline (slow machines).
+//! - `MM_SCENARIO_BIN_DIR`: where `fake-server` and `fake-uv` are (default: built with cargo).
+//! - `MM_SCENARIO_MM_UPGRADE`: the mm-upgrade binary (default: this package's).
+//! - `MM_SCENARIO_HOSTILE=direct`: run hostile scenarios without a pid namespace.
+//! - `MM_SCENARIO_VERBOSE=1`: print every scenario's report, passed ones too.
+
+#[path = "scenarios/model.rs"]
+mod model;
+#[path = "scenarios/run.rs"]
+mod run;
+#[path = "scenarios/sys.rs"]
+mod sys;
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn main() {
+    if let Ok(path) = std::env::var("MM_SCENARIO_INNER") {
+        inner_main(PathBuf::from(path));
+    }
+    outer_main();
+}
+
+// ---- inner: one scenario in this process ------------------------------------------------
+
+fn inner_main(path: PathBuf) -> ! {
+    let env = |k: &str| std::env::var(k).ok();
+    let cfg = run::Config {
+        scenario_path: path.clone(),
+        name: env("MM_SCENARIO_NAME").unwrap_or_else(|| path.display().to_string()),
+        bin_dir: PathBuf::from(env("MM_SCENARIO_BIN_DIR").expect("MM_SCENARIO_BIN_DIR")),
+        mm_upgrade: env("MM_SCENARIO_MM_UPGRADE").filter(|s| !s.is_empty()).map(PathBuf::from),
+        other: env("MM_SCENARIO_UPGRADER").filter(|s| !s.is_empty()),
+        keep: env("MM_SCENARIO_KEEP").is_some_and(|v| v != "0"),
+        pause: env("MM_SCENARIO_PAUSE").is_some_and(|v| v != "0"),
+        run_id: env("MM_SCENARIO_RUN_ID").unwrap_or_default(),
+    };
+    let (outcome, report) = run::run_one(cfg);
+    print!("{report}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(match outcome {
+        run::Outcome::Pass => 0,
+        run::Outcome::Fail => 1,
+    })
+}
+
+// ---- outer: the libtest harness ----------------------------------------------------------
+
+struct Shared {
+    bins: OnceLock<Result<PathBuf, String>>,
+    mm_upgrade: Option<PathBuf>,
+    other: Option<String>,
+    run_id: String,
+    unshare_ok: bool,
+    table: Mutex<Vec<Row>>,
+}
+
+struct Row {
+    name: String,
+    result: &'static str,
+    expected: String,
+    detail: String,
+}
+
+fn find_scenarios(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            find_scenarios(&p, out);
+        } else if p.extension().is_some_and(|e| e == "toml") {
+            out.push(p);
+        }
+    }
+}
+
+/// Build (or locate) fake-server and fake-uv next to this test binary's profile dir.
+fn fake_bins() -> Result<PathBuf, String> {
+    if let Ok(d) = std::env::var("MM_SCENARIO_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // <target>/<profile>/deps/scenarios-<hash>
+    let profile_dir = exe.parent().and_then(Path::parent).ok_or("cannot locate the target dir")?.to_path_buf();
+    let target = profile_dir.parent().ok_or("cannot locate the target dir")?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "fake-server", "--bins", "--manifest-path"])
+        .arg(manifest_dir().join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().map_err(|e| format!("building fake-server: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("building fake-server failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(profile_dir)
+}
+
+fn outer_main() -> ! {
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        // Scenarios mostly wait (grace periods, readiness); 2 cores can run several.
+        args.test_threads = Some(
+            std::env::var("MM_SCENARIO_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(6),
+        );
+    }
+    sys::set_subreaper();
+    let run_id = format!("{}-{}", std::process::id(), sys::mono_ns());
+    let other = std::env::var("MM_SCENARIO_UPGRADER").ok().filter(|s| !s.is_empty());
+    let mm_upgrade = std::env::var("MM_SCENARIO_MM_UPGRADE")
+        .ok()
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_mm-upgrade").map(PathBuf::from));
+    let unshare_ok = std::env::var("MM_SCENARIO_HOSTILE").as_deref() != Ok("direct")
+        && Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    let shared = Arc::new(Shared {
+        bins: OnceLock::new(),
+        mm_upgrade,
+        other: other.clone(),
+        run_id: run_id.clone(),
+        unshare_ok,
+        table: Mutex::new(vec![]),
+    });
+
+    let root = manifest_dir().join("scenarios");
+    let mut files = vec![];
+    find_scenarios(&root, &mut files);
+    let mut trials = vec![];
+    for path in files {
+        let name = path.strip_prefix(&root).unwrap().with_extension("").to_string_lossy().into_owned();
+        let parsed: Result<model::Scenario, String> = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()));
+        let (ignored, hostile, diff_expect) = match &parsed {
+            Ok(s) => {
+                let diff_skip = other.is_some()
+                    && (s.differential.expect.as_deref() == Some("skip") || (s.hostile && !unshare_ok));
+                (s.ignore.is_some() || diff_skip, s.hostile, s.differential.expect.clone())
+            }
+            Err(_) => (false, false, None),
+        };
+        let sh = shared.clone();
+        let p = path.clone();
+        let n = name.clone();
+        trials.push(
+            Trial::test(name.clone(), move || {
+                if let Err(e) = parsed {
+                    return Err(Failed::from(format!("{}: invalid scenario file: {e}", p.display())));
+                }
+                run_trial(&sh, &p, &n, hostile, diff_expect)
+            })
+            .with_ignored_flag(ignored),
+        );
+    }
+    let started = Instant::now();
+    let conclusion = libtest_mimic::run(&args, trials);
+
+    // Final sweep: anything that escaped a scenario (it cannot normally).
+    sys::kill_all_descendants(Duration::from_secs(3));
+    let swept = sys::sweep_run_id(&run_id);
+    if !swept.is_empty() {
+        eprintln!("scenarios: swept {} stray processes: {swept:?}", swept.len());
+    }
+    if let Some(cmd) = &other {
+        print_table(&shared, cmd, started.elapsed());
+    }
+    if !args.list {
+        eprintln!("scenarios: total wall time {:.1}s", started.elapsed().as_secs_f64());
+    }
+    conclusion.exit()
+}
+
+fn run_trial(sh: &Shared, path: &Path, name: &str, hostile: bool, diff_expect: Option<String>) -> Result<(), Failed> {
+    let bins = sh.bins.get_or_init(fake_bins).clone().map_err(Failed::from)?;
+    if sh.other.is_none() && sh.mm_upgrade.is_none() {
+        return Err("no mm-upgrade binary: the root package must build it (or set MM_SCENARIO_MM_UPGRADE)".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let pause = std::env::var("MM_SCENARIO_PAUSE").is_ok_and(|v| v != "0");
+    let mut cmd = if hostile && sh.unshare_ok {
+        let mut c = Command::new("unshare");
+        c.args(["--pid", "--fork", "--mount-proc", "--kill-child"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    cmd.env("MM_SCENARIO_INNER", path)
+        .env("MM_SCENARIO_NAME", name)
+        .env("MM_SCENARIO_BIN_DIR", &bins)
+        .env("MM_SCENARIO_RUN_ID", &sh.run_id)
+        .env("MM_SCENARIO_MM_UPGRADE", sh.mm_upgrade.clone().unwrap_or_default())
+        .process_group(0);
+    if pause {
+        cmd.stdin(Stdio::inherit()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    } else {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let scenario_timeout = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| toml::from_str::<model::Scenario>(&t).ok())
+        .map(|s| s.timeout)
+        .unwrap_or(30.0);
+    let limit = if pause { Duration::from_secs(86400) } else { sys::scaled(scenario_timeout + 20.0) };
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("spawning the scenario runner: {e}"))?;
+    let pid = child.id() as i32;
+    let mut so = child.stdout.take().unwrap();
+    let se = child.stderr.take();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut se) = se {
+            let _ = se.read_to_string(&mut s);
+        }
+        s
+    });
+    // Wait with a deadline (the outer process is a subreaper too: waitpid on this pid only).
+    let mut status = 0;
+    let mut timed_out = false;
+    loop {
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if start.elapsed() > limit {
+            timed_out = true;
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let report = t_out.join().unwrap_or_default();
+    let errs = t_err.join().unwrap_or_default();
+    let passed = !timed_out && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let mut text = report.clone();
+    if !errs.trim().is_empty() {
+        text.push_str(&format!("--- runner stderr:\n{errs}"));
+    }
+    if timed_out {
+        text.push_str(&format!("--- the scenario runner was killed after {limit:?}\n"));
+    } else if !libc::WIFEXITED(status) {
+        text.push_str(&format!(
+            "--- the scenario runner died: {} (an upgrader signalling its ancestors?)\n",
+            sys::describe_status(status)
+        ));
+    }
+    if std::env::var("MM_SCENARIO_VERBOSE").is_ok() || std::env::var("MM_SCENARIO_KEEP").is_ok_and(|v| v != "0") {
+        println!("{text}");
+    }
+    if sh.other.is_some() {
+        let first = text
+            .lines()
+            .skip_while(|l| !l.starts_with("FAILED CHECKS:") && !l.starts_with("SETUP ERROR"))
+            .find(|l| l.starts_with("  - ") || l.starts_with("SETUP ERROR"))
+            .unwrap_or("")
+            .trim_start_matches("  - ")
+            .to_string();
+        sh.table.lock().unwrap().push(Row {
+            name: name.to_string(),
+            result: if passed { "pass" } else { "fail" },
+            expected: diff_expect.clone().unwrap_or_default(),
+            detail: if passed { String::new() } else { first },
+        });
+        return match diff_expect.as_deref() {
+            Some("pass") if !passed => Err(Failed::from(format!("expected the other upgrader to pass:\n{text}"))),
+            Some("fail") if passed => Err(Failed::from("expected the other upgrader to fail, but it passed")),
+            _ => Ok(()),
+        };
+    }
+    if passed {
+        Ok(())
+    } else {
+        Err(Failed::from(text))
+    }
+}
+
+fn print_table(sh: &Shared, cmd: &str, elapsed: Duration) {
+    let mut rows = std::mem::take(&mut *sh.table.lock().unwrap());
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    let pass = rows.iter().filter(|r| r.result == "pass").count();
+    let mut t = format!(
+        "\nDifferential run against `{cmd}`: {pass} of {} scenarios pass ({:.0}s)\n\n| scenario | result | expected | first failed check |\n|---|---|---|---|\n",
+        rows.len(),
+        elapsed.as_secs_f64()
+    );
+    for r in &rows {
+        t.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.name,
+            r.result,
+            r.expected,
+            r.detail.replace('|', "\\|").chars().take(160).collect::<String>()
+        ));
+    }
+    println!("{t}");
+    if let Ok(path) = std::env::var("MM_SCENARIO_TABLE") {
+        let _ = std::fs::write(path, t);
+    }
+}

@@ -1,0 +1,311 @@
+//! The scenario file format (`scenarios/<area>/<name>.toml`). Every table denies unknown
+//! fields, so a typo fails the scenario loudly instead of silently testing nothing.
+//! The reference for authors is `scenarios/README.md`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// One or two sentences: what happens and what the user wants.
+    pub description: String,
+    /// Upstream bug or issue references this scenario pins (e.g. `["#2002"]`).
+    #[serde(default)]
+    pub refs: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Hard cap for the whole scenario in seconds (scaled by `MM_SCENARIO_TIME_SCALE`).
+    #[serde(default = "default_timeout")]
+    pub timeout: f64,
+    /// The scenario puts pids such as 0, -1 or 1 into pid files: a wrong upgrader could
+    /// signal the whole machine. Runs inside its own pid namespace (`unshare`) when one is
+    /// available; for another upgrader it is skipped otherwise.
+    #[serde(default)]
+    pub hostile: bool,
+    /// Show as ignored with this reason.
+    pub ignore: Option<String>,
+    #[serde(default)]
+    pub differential: Differential,
+    #[serde(default, rename = "server")]
+    pub servers: Vec<Server>,
+    #[serde(default, rename = "bystander")]
+    pub bystanders: Vec<Bystander>,
+    #[serde(default, rename = "file")]
+    pub files: Vec<FileSpec>,
+    #[serde(default)]
+    pub upgrade: Upgrade,
+    #[serde(default)]
+    pub uv: Uv,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_timeout() -> f64 {
+    30.0
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Differential {
+    /// What another upgrader (`MM_SCENARIO_UPGRADER`) is expected to do here:
+    /// "pass", "fail" or "skip". Absent: just report.
+    pub expect: Option<String>,
+    /// Why (shown in the table).
+    pub reason: Option<String>,
+    /// Arguments for the other upgrader instead of `[upgrade].args`.
+    pub args: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub name: String,
+    /// Fault modes, each passed as `--mode X` (e.g. "ignore-sigterm", "slow-shutdown=300").
+    #[serde(default)]
+    pub modes: Vec<String>,
+    /// Extra raw arguments for fake-server.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Store path; default: the sandbox's default store `{home}/.memtomem/memtomem.db`.
+    pub store: Option<String>,
+    /// Run as `mm web` (`--web`).
+    #[serde(default)]
+    pub web: bool,
+    pub port: Option<u16>,
+    /// `--legacy pre-0.1.25|alias`.
+    pub legacy: Option<String>,
+    /// `--bare`: the bare `server.pid`.
+    #[serde(default)]
+    pub bare: bool,
+    /// "own" (default: its own process group) or "shared-with:<name>" (join the group
+    /// of an earlier server or bystander, as an MCP client's children do).
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// "pipe" (default; the runner keeps the write end open) or "null" (EOF at once).
+    #[serde(default = "default_stdin")]
+    pub stdin: String,
+    /// "file" (default: wait for the ready file), "exit" (wait until it exits, e.g.
+    /// crash-on-start or daemonize's launcher), "none".
+    #[serde(default = "default_ready")]
+    pub ready: String,
+    /// Counted among the old-generation processes the fake uv checks at install
+    /// time (default true).
+    #[serde(default = "default_true")]
+    pub managed: bool,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "own".into()
+}
+fn default_stdin() -> String {
+    "pipe".into()
+}
+fn default_ready() -> String {
+    "file".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Bystander {
+    pub name: String,
+    /// Command and arguments (placeholders allowed); default `["sleep", "300"]`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// "own" (default) or "shared-with:<name>".
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Hold an exclusive flock on this file for its whole life (the runner locks it and
+    /// hands the descriptor down, so the bystander is the only holder).
+    pub lock: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub path: String,
+    /// "file" (default), "fifo", "symlink", "dir", "chmod" (only change the mode),
+    /// "remove".
+    #[serde(default = "default_file_kind")]
+    pub kind: String,
+    /// Text content (placeholders expanded) for kind "file".
+    pub content: Option<String>,
+    /// Content given as hex bytes (for non-UTF-8 payloads).
+    pub content_hex: Option<String>,
+    /// Repeat `content` this many times (oversize payloads).
+    pub repeat: Option<usize>,
+    /// Symlink target.
+    pub target: Option<String>,
+    /// Octal mode, e.g. "0777".
+    pub mode: Option<String>,
+    /// "before-servers", "after-servers" (default), or "upgrader-start": written by the
+    /// upgrader's own process just before it execs, so `{upgrader}` is its pid.
+    #[serde(default = "default_when")]
+    pub when: String,
+    /// The inner runner (an ancestor of the upgrader) holds an exclusive flock on it.
+    #[serde(default)]
+    pub lock: bool,
+}
+
+fn default_file_kind() -> String {
+    "file".into()
+}
+fn default_when() -> String {
+    "after-servers".into()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Upgrade {
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Environment variables to remove from the upgrader's environment.
+    #[serde(default)]
+    pub env_remove: Vec<String>,
+    /// Seconds before the runner kills the upgrader (default: the scenario timeout).
+    pub timeout: Option<f64>,
+    /// Run the upgrader this many times at once (serialisation tests).
+    pub concurrent: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uv {
+    /// The real install: "succeed", "fail" (with code/stderr), "hang", "sleep" (with
+    /// ms), "absent" (no uv on PATH at all), "fail-prepare" (only the prepare call
+    /// fails, as for an unknown version), "delete-env-then-fail".
+    #[serde(default = "default_behavior")]
+    pub behavior: String,
+    pub code: Option<i32>,
+    pub stderr: Option<String>,
+    pub ms: Option<u64>,
+    /// Prepare behaviour when it is not "fail-prepare": "succeed", "hang", "sleep".
+    pub prepare: Option<String>,
+    pub prepare_ms: Option<u64>,
+    /// `uv tool dir` fails.
+    #[serde(default)]
+    pub dir_fails: bool,
+    /// The installed version the sandbox starts with ("none": not installed).
+    #[serde(default = "default_installed")]
+    pub installed: String,
+    /// Extras recorded in the installed receipt.
+    #[serde(default)]
+    pub installed_extras: Vec<String>,
+    /// What "latest" resolves to.
+    #[serde(default = "default_latest")]
+    pub latest: String,
+}
+
+impl Default for Uv {
+    fn default() -> Self {
+        Uv {
+            behavior: default_behavior(),
+            code: None,
+            stderr: None,
+            ms: None,
+            prepare: None,
+            prepare_ms: None,
+            dir_fails: false,
+            installed: default_installed(),
+            installed_extras: vec![],
+            latest: default_latest(),
+        }
+    }
+}
+
+fn default_behavior() -> String {
+    "succeed".into()
+}
+fn default_installed() -> String {
+    "0.6.11".into()
+}
+fn default_latest() -> String {
+    "0.7.0".into()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub exit_code: Option<i32>,
+    /// Subset match against the upgrader's JSON document (see README for the rules).
+    pub json: Option<toml::Value>,
+    #[serde(default)]
+    pub stdout_contains: Vec<String>,
+    #[serde(default)]
+    pub stdout_not_contains: Vec<String>,
+    #[serde(default)]
+    pub stderr_contains: Vec<String>,
+    #[serde(default)]
+    pub stderr_not_contains: Vec<String>,
+    /// Each must appear in stdout or stderr (case-insensitive).
+    #[serde(default)]
+    pub output_contains: Vec<String>,
+    /// None may appear in stdout or stderr (case-insensitive).
+    #[serde(default)]
+    pub output_not_contains: Vec<String>,
+    /// Upgrader wall time bounds in milliseconds.
+    pub min_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    #[serde(default)]
+    pub files_present: Vec<String>,
+    #[serde(default)]
+    pub files_absent: Vec<String>,
+    /// Exact file contents after the run (path → text).
+    #[serde(default)]
+    pub file_contents: BTreeMap<String, String>,
+    /// Event patterns `source:event[:detail]` that must occur in this order in the
+    /// merged timeline (servers' event logs, the uv log, the runner's own events).
+    #[serde(default)]
+    pub order: Vec<String>,
+    /// Event patterns that must not occur at all.
+    #[serde(default)]
+    pub never: Vec<String>,
+    /// Number of real install calls (kind "install") the fake uv saw.
+    pub uv_installs: Option<usize>,
+    /// Number of prepare calls.
+    pub uv_prepares: Option<usize>,
+    #[serde(default, rename = "uv")]
+    pub uv_calls: Vec<UvCall>,
+    /// Per-server outcome.
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerExpect>,
+    /// Processes (by server name) allowed to be alive at the end besides the servers
+    /// expected alive and the bystanders; `"<name>+"` also allows its descendants.
+    #[serde(default)]
+    pub allow_alive: Vec<String>,
+    /// Installed version afterwards (from the tool dir's dist-info), "none" if absent.
+    pub installed: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UvCall {
+    /// "dir", "prepare", "install".
+    pub kind: String,
+    #[serde(default)]
+    pub args_contain: Vec<String>,
+    #[serde(default)]
+    pub args_not_contain: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerExpect {
+    /// "exited(N)", "killed(SIGNAME)", "alive", "dead" (any way).
+    pub outcome: Option<String>,
+    /// Signals its event log must show, in this order (a subsequence).
+    pub signals: Option<Vec<String>>,
+    /// Signals its event log must not show.
+    #[serde(default)]
+    pub not_signals: Vec<String>,
+    /// Every process it created (ready file "pids") is dead / alive afterwards.
+    pub all_processes: Option<String>,
+}
