@@ -75,7 +75,7 @@ impl Ctx<'_> {
             self.doc.insert("warnings".into(), json!(self.warnings));
         }
         self.doc.insert("exit_code".into(), json!(code));
-        let doc = self.doc.clone();
+        let doc = ordered(&self.doc);
         self.ui.finish_json(&doc);
         if !self.ui.json {
             for w in self.warnings.clone() {
@@ -107,6 +107,33 @@ impl Ctx<'_> {
         }
         self.finish(code)
     }
+}
+
+/// Upstream's keys first, in upstream's order (scripts may rely on the
+/// order of a one-line document), then ours.
+const KEY_ORDER: &[&str] = &[
+    "ok", "dry_run", "cancelled", "inventory_complete", "would_kill", "would_remove", "would_install",
+    "error", "stderr", "killed", "removed", "reinstalled", "extras", "version", "db_lock_warning", "cleanup_complete",
+];
+
+fn ordered(doc: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for k in KEY_ORDER {
+        if let Some(v) = doc.get(*k) {
+            out.insert((*k).to_string(), v.clone());
+        }
+    }
+    for (k, v) in doc {
+        if !out.contains_key(k) && k != "warnings" && k != "exit_code" {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    for k in ["warnings", "exit_code"] {
+        if let Some(v) = doc.get(k) {
+            out.insert(k.to_string(), v.clone());
+        }
+    }
+    out
 }
 
 fn join(pids: &[Pid]) -> String {

@@ -174,7 +174,11 @@ fn outer_main() -> ! {
             Ok(s) => {
                 let diff_skip = other.is_some()
                     && (s.differential.expect.as_deref() == Some("skip") || (s.hostile && !unshare_ok));
-                (s.ignore.is_some() || diff_skip, s.hostile, s.differential.expect.clone())
+                let expect = s.differential.expect.clone().map(|e| match &s.differential.reason {
+                    Some(r) => format!("{e} ({r})"),
+                    None => e,
+                });
+                (s.ignore.is_some() || diff_skip, s.hostile, expect)
             }
             Err(_) => (false, false, None),
         };
@@ -311,7 +315,7 @@ fn run_trial(sh: &Shared, path: &Path, name: &str, hostile: bool, diff_expect: O
             expected: diff_expect.clone().unwrap_or_default(),
             detail: if passed { String::new() } else { first },
         });
-        return match diff_expect.as_deref() {
+        return match diff_expect.as_deref().map(|e| e.split(' ').next().unwrap_or("")) {
             Some("pass") if !passed => Err(Failed::from(format!("expected the other upgrader to pass:\n{text}"))),
             Some("fail") if passed => Err(Failed::from("expected the other upgrader to fail, but it passed")),
             _ => Ok(()),

@@ -343,6 +343,9 @@ impl Server {
                         set_handler(s, libc::SIG_DFL);
                     }
                     self.elders.push(sup);
+                    // The worker's stdin is our pipe, whatever --no-stdin says: closing it
+                    // is how the supervisor stops the worker.
+                    self.watch_stdin = true;
                     self.generation = generation;
                     self.become_worker();
                     return;
@@ -866,6 +869,11 @@ impl Server {
             );
             hard_exit(0);
         }
+        // A fresh self-pipe: a signal aimed at the exiting parent must not reach the heir.
+        let inherited = self.sig_rd;
+        self.sig_rd = make_sig_pipe();
+        // SAFETY: closing the inherited read end, which this process owns a copy of.
+        unsafe { libc::close(inherited) };
         // Ready only once the parent is really gone (re-parented), so harnesses can rely on it.
         let deadline = Instant::now() + Duration::from_secs(10);
         while nix::unistd::getppid().as_raw() as u32 == parent && Instant::now() < deadline {
@@ -874,6 +882,11 @@ impl Server {
     }
 
     fn write_ready(&self) {
+        if self.m.ignore_sigterm {
+            // The real disposition, as `signal(SIGTERM, SIG_IGN)` in a broken
+            // server would set it: the kernel drops SIGTERM, /proc shows SigIgn.
+            set_handler(libc::SIGTERM, libc::SIG_IGN);
+        }
         let Some(path) = &self.cli.ready_file else {
             self.ev.emit("ready", json!({}));
             return;
@@ -938,7 +951,7 @@ impl Server {
 
     fn on_sigterm(&mut self) -> bool {
         let m = self.m.clone();
-        if m.ignore_sigterm {
+        if m.ignore_sigterm || m.catch_sigterm {
             self.ev
                 .emit("signal", json!({"signal": "SIGTERM", "action": "ignored"}));
             return false;

@@ -8,7 +8,12 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
     (
         "ignore-sigterm",
         "",
-        "survive SIGTERM (logged); only SIGKILL stops it",
+        "SIGTERM disposition SIG_IGN (SigIgn in /proc)",
+    ),
+    (
+        "catch-sigterm",
+        "",
+        "catch SIGTERM and carry on (logged; SigCgt)",
     ),
     (
         "slow-shutdown",
@@ -133,6 +138,7 @@ pub enum UnsafeDir {
 pub struct Modes {
     pub raw: Vec<String>,
     pub ignore_sigterm: bool,
+    pub catch_sigterm: bool,
     pub slow_shutdown: Option<u64>,
     pub leak_pidfile: bool,
     pub exit_code_on_term: Option<i32>,
@@ -195,6 +201,10 @@ impl Modes {
             "ignore-sigterm" => {
                 none()?;
                 self.ignore_sigterm = true
+            }
+            "catch-sigterm" => {
+                none()?;
+                self.catch_sigterm = true
             }
             "slow-shutdown" => self.slow_shutdown = Some(num("MS")?),
             "leak-pidfile" => {

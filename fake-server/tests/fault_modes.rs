@@ -26,6 +26,24 @@ fn ignore_sigterm_survives_grace_and_dies_on_sigkill_leaving_pid_file() {
     let sb = Sandbox::new();
     let mut p = sb.spawn("s", &["--mode", "ignore-sigterm"]);
     let r = p.ready();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    let sigign = status.lines().find(|l| l.starts_with("SigIgn:")).unwrap();
+    let mask = u64::from_str_radix(sigign.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_ne!(mask & (1 << (libc::SIGTERM - 1)), 0, "SIGTERM must be SIG_IGN: {sigign}");
+    kill(p.pid(), libc::SIGTERM);
+    assert!(p.wait_exit(GRACE).is_none(), "survived SIGTERM");
+    assert!(is_locked(&pid_file(&r)));
+    kill(p.pid(), libc::SIGKILL);
+    assert_eq!(p.wait_exit(SOON).unwrap().signal(), Some(libc::SIGKILL));
+    assert_server_payload(&std::fs::read(pid_file(&r)).unwrap(), p.pid());
+    assert!(!is_locked(&pid_file(&r)));
+}
+
+#[test]
+fn catch_sigterm_logs_it_survives_and_dies_on_sigkill() {
+    let sb = Sandbox::new();
+    let mut p = sb.spawn("s", &["--mode", "catch-sigterm"]);
+    let r = p.ready();
     kill(p.pid(), libc::SIGTERM);
     assert!(p.wait_exit(GRACE).is_none(), "survived SIGTERM");
     assert!(is_locked(&pid_file(&r)));

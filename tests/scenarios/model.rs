@@ -11,10 +11,12 @@ use serde::Deserialize;
 pub struct Scenario {
     /// One or two sentences: what happens and what the user wants.
     pub description: String,
+    #[allow(dead_code)]
     /// Upstream bug or issue references this scenario pins (e.g. `["#2002"]`).
     #[serde(default)]
     pub refs: Vec<String>,
     #[serde(default)]
+    #[allow(dead_code)]
     pub tags: Vec<String>,
     /// Hard cap for the whole scenario in seconds (scaled by `MM_SCENARIO_TIME_SCALE`).
     #[serde(default = "default_timeout")]
@@ -87,7 +89,8 @@ pub struct Server {
     #[serde(default = "default_stdin")]
     pub stdin: String,
     /// "file" (default: wait for the ready file), "exit" (wait until it exits, e.g.
-    /// crash-on-start or daemonize's launcher), "none".
+    /// crash-on-start), "event:<event>[:<detail>]" (wait for that line in its event log,
+    /// e.g. "event:lock:pid" for the lock-before-payload gap), "none".
     #[serde(default = "default_ready")]
     pub ready: String,
     /// Counted among the old-generation processes the fake uv checks at install
@@ -96,6 +99,13 @@ pub struct Server {
     pub managed: bool,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Run this command instead of fake-server (a process that only looks like a server
+    /// to the upgrader, e.g. `sh -c "trap '' TERM; exec sleep 300"`); use with `lock`
+    /// and a planted payload, and `ready = "none"`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// With `command`: the process holds an exclusive flock on this file for life.
+    pub lock: Option<String>,
 }
 
 fn default_group() -> String {
@@ -172,8 +182,6 @@ pub struct Upgrade {
     pub env_remove: Vec<String>,
     /// Seconds before the runner kills the upgrader (default: the scenario timeout).
     pub timeout: Option<f64>,
-    /// Run the upgrader this many times at once (serialisation tests).
-    pub concurrent: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +289,10 @@ pub struct Expect {
     /// expected alive and the bystanders; `"<name>+"` also allows its descendants.
     #[serde(default)]
     pub allow_alive: Vec<String>,
+    /// Every fake-server process still running at the end started after the install
+    /// finished (supervisors and launchers excepted).
+    #[serde(default)]
+    pub new_generation_only: bool,
     /// Installed version afterwards (from the tool dir's dist-info), "none" if absent.
     pub installed: Option<String>,
 }

@@ -128,6 +128,7 @@ pub struct Runner {
     failures: Vec<String>,
     notes: Vec<String>,
     upgrader: Option<Upgrader>,
+    upgrader_start_mono: u64,
     env_for_upgrader: Vec<(String, String)>,
 }
 
@@ -277,6 +278,7 @@ impl Runner {
             failures: vec![],
             notes: vec![],
             upgrader: None,
+            upgrader_start_mono: 0,
             env_for_upgrader: vec![],
         })
     }
@@ -484,8 +486,25 @@ impl Runner {
                 argv.push(self.expand(a)?);
             }
             let pg = self.group_of(&s.group)?;
-            let mut cmd = Command::new(self.fake("fake-server"));
-            cmd.args(&argv).env_clear().envs(self.base_env()).process_group(pg);
+            let mut cmd = if s.command.is_empty() {
+                let mut c = Command::new(self.fake("fake-server"));
+                c.args(&argv);
+                c
+            } else {
+                let a: Vec<String> = s.command.iter().map(|a| self.expand(a)).collect::<Result<_, _>>()?;
+                let mut c = Command::new(&a[0]);
+                c.args(&a[1..]);
+                c
+            };
+            cmd.env_clear().envs(self.base_env()).process_group(pg);
+            let lock = match &s.lock {
+                Some(p) => {
+                    let path = PathBuf::from(self.expand(p)?);
+                    Some(sys::flock_file(&path).map_err(|e| format!("server lock {}: {e}", path.display()))?)
+                }
+                None => None,
+            };
+            let lock_fd = lock.as_ref().map(|f| f.as_raw_fd());
             for (k, v) in &s.env {
                 cmd.env(k, self.expand(v)?);
             }
@@ -497,12 +516,18 @@ impl Runner {
                 x => return Err(format!("server {}: stdin {x:?} (use \"pipe\" or \"null\")", s.name)),
             };
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if let Some(fd) = lock_fd {
+                        if libc::dup2(fd, 200) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                     Ok(())
                 });
             }
             let mut child = cmd.spawn().map_err(|e| format!("server {}: {e}", s.name))?;
+            drop(lock);
             if let Some(stdin) = child.stdin.take() {
                 self.stdins.push(stdin);
             }
@@ -517,7 +542,7 @@ impl Runner {
                 pgid,
                 events,
                 stdout: out,
-                stderr: err,
+                stderr: err.clone(),
                 spec: Some(s.clone()),
             };
             let deadline = Instant::now() + sys::scaled(10.0);
@@ -559,7 +584,29 @@ impl Runner {
                     }
                 }
                 "none" => {}
-                x => return Err(format!("server {}: ready {x:?} (use \"file\", \"exit\" or \"none\")", s.name)),
+                x if x.starts_with("event:") => {
+                    let pat = format!("{}:{}", s.name, &x["event:".len()..]);
+                    loop {
+                        let hit = Self::read_jsonl(&proc_.events).into_iter().any(|v| {
+                            let ev = Ev {
+                                mono: 0,
+                                source: s.name.clone(),
+                                event: v.get("event").and_then(Value::as_str).unwrap_or("").to_string(),
+                                fields: v.clone(),
+                            };
+                            ev_matches(&ev, &pat)
+                        });
+                        if hit {
+                            break;
+                        }
+                        if Instant::now() >= deadline {
+                            self.procs.push(proc_);
+                            return Err(format!("server {}: no event {pat:?} within {:?}", s.name, sys::scaled(10.0)));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                x => return Err(format!("server {}: ready {x:?} (use \"file\", \"exit\", \"event:<event>[:<detail>]\" or \"none\")", s.name)),
             }
             self.note(&s.name, "runner-ready", proc_.ready.clone().unwrap_or(Value::Null));
             self.procs.push(proc_);
@@ -593,10 +640,13 @@ impl Runner {
             ("FAKE_UV_MANAGED_PIDS".into(), managed.to_string_lossy().into_owned()),
             ("FAKE_UV_CACHE".into(), d("cache")),
             ("FAKE_UV_LATEST".into(), uv.latest.clone()),
+            ("FAKE_UV_SERVER_BIN".into(), self.fake("fake-server").to_string_lossy().into_owned()),
             ("RUST_BACKTRACE".into(), "1".into()),
         ]);
         let behavior = match uv.behavior.as_str() {
-            "succeed" | "absent" | "hang" | "delete-env-then-fail" | "fail-prepare" => "succeed".to_string(),
+            "succeed" | "absent" | "hang" | "delete-env-then-fail" | "fail-prepare" | "broken-entry" => {
+                "succeed".to_string()
+            }
             "fail" => format!(
                 "fail:{}:{}",
                 uv.code.unwrap_or(2),
@@ -606,7 +656,7 @@ impl Runner {
             x => return Err(format!("[uv] behavior {x:?} unknown")),
         };
         let behavior = match uv.behavior.as_str() {
-            "hang" | "delete-env-then-fail" => uv.behavior.clone(),
+            "hang" | "delete-env-then-fail" | "broken-entry" => uv.behavior.clone(),
             _ => behavior,
         };
         env.push(("FAKE_UV_BEHAVIOR".into(), behavior));
@@ -640,6 +690,11 @@ impl Runner {
             _ => self.sc.upgrade.args.clone(),
         };
         let args: Vec<String> = args.iter().map(|a| self.expand(a)).collect::<Result<_, _>>()?;
+        let mut args = args;
+        if self.cfg.other.is_none() {
+            let ev = self.dir("events").join("upgrader.jsonl");
+            args.extend(["--events".to_string(), ev.to_string_lossy().into_owned()]);
+        }
         let mut argv = match &self.cfg.other {
             Some(cmd) => vec!["/bin/sh".into(), "-c".into(), format!("exec {cmd} \"$@\""), "upgrader".into()],
             None => vec![self
@@ -697,6 +752,7 @@ impl Runner {
         }
         let start = Instant::now();
         self.note("upgrader", "start", json!({"argv": argv}));
+        self.upgrader_start_mono = sys::mono_ns();
         let mut child = cmd.spawn().map_err(|e| format!("spawning the upgrader {argv:?}: {e}"))?;
         let pid = child.id() as i32;
         let mut so = child.stdout.take().unwrap();
@@ -810,6 +866,13 @@ impl Runner {
                 all.push(Ev { mono, source: p.name.clone(), event, fields: v });
             }
         }
+        // mm-upgrade's own --events (t_ms since its start; placed approximately).
+        for v in Self::read_jsonl(&self.dir("events").join("upgrader.jsonl")) {
+            let t = v.get("t_ms").and_then(Value::as_f64).unwrap_or(0.0);
+            let mono = self.upgrader_start_mono + (t * 1e6) as u64;
+            let event = v.get("event").and_then(Value::as_str).unwrap_or("?").to_string();
+            all.push(Ev { mono, source: "mm".into(), event, fields: v });
+        }
         for v in self.uv_calls() {
             let mono = v.get("mono_ns").and_then(Value::as_u64).unwrap_or(0);
             let kind = v.get("kind").and_then(Value::as_str).unwrap_or("?").to_string();
@@ -872,6 +935,31 @@ impl Runner {
             }
         }
         "dead".into()
+    }
+
+    /// End of the last successful real install (CLOCK_MONOTONIC ns).
+    fn install_end(&self) -> Option<u64> {
+        self.uv_calls()
+            .iter()
+            .filter(|c| c.get("kind").and_then(Value::as_str) == Some("install"))
+            .filter(|c| c.get("exit_code").and_then(Value::as_i64) == Some(0))
+            .filter_map(|c| c.get("end_mono_ns").and_then(Value::as_u64))
+            .max()
+    }
+
+    /// Every fake-server process that logged a `start`: pid -> (server name, start mono).
+    fn started_processes(&self) -> HashMap<i32, (String, u64)> {
+        let mut out = HashMap::new();
+        for p in self.procs.iter().filter(|p| p.is_server) {
+            for v in Self::read_jsonl(&p.events) {
+                if v.get("event").and_then(Value::as_str) == Some("start") {
+                    if let (Some(pid), Some(m)) = (v.get("pid").and_then(Value::as_i64), v.get("mono_ns").and_then(Value::as_u64)) {
+                        out.insert(pid as i32, (p.name.clone(), m));
+                    }
+                }
+            }
+        }
+        out
     }
 
     // ---- checks ----------------------------------------------------------------------------
@@ -1190,6 +1278,26 @@ impl Runner {
                     allowed.extend(sys::descendants(p.spawned).iter().map(|d| d.pid));
                 }
                 x => self.fail(format!("allow_alive: {a:?}: use <name>, <name>:launcher or <name>:descendants (not {x:?})")),
+            }
+        }
+        // Servers of the new generation (started after the install finished) may run on.
+        let started = self.started_processes();
+        if let Some(end) = self.install_end() {
+            for (pid, (_, m)) in &started {
+                if *m > end {
+                    allowed.insert(*pid);
+                }
+            }
+        }
+        if e.new_generation_only {
+            let end = self.install_end();
+            for (pid, (name, m)) in &started {
+                let elders: Vec<i32> = self.procs.iter().filter(|p| &p.name == name).flat_map(|p| p.elders()).collect();
+                if sys::is_alive(*pid) && !elders.contains(pid) && end.is_none_or(|end| *m <= end) {
+                    self.fail(format!(
+                        "server {name}: pid {pid} of the old generation (started before the install finished) is still running"
+                    ));
+                }
             }
         }
         let leftovers: Vec<String> = sys::descendants(me)

@@ -8,7 +8,8 @@
 //! | `FAKE_UV_LOG` | JSON-lines file; one line appended per call (argv, kind, env, managed pids alive, ts/mono_ns, result) |
 //! | `FAKE_UV_TOOL_DIR` | the sandbox's *real* uv tool dir; a call whose `UV_TOOL_DIR` differs is a *prepare* call |
 //! | `FAKE_UV_MANAGED_PIDS` | file with one pid per line: the old-generation server processes; an install while any of them is alive (and not a zombie) fails with exit 97 |
-//! | `FAKE_UV_BEHAVIOR` | what the real install does: `succeed` (default), `fail:CODE:STDERR`, `hang`, `sleep:MS` (then succeed), `delete-env-then-fail` |
+//! | `FAKE_UV_BEHAVIOR` | what the real install does: `succeed` (default), `fail:CODE:STDERR`, `hang`, `sleep:MS` (then succeed), `delete-env-then-fail`, `broken-entry` (installs, but `memtomem-server` exits 1) |
+//! | `FAKE_UV_SERVER_BIN` | the fake-server binary; installs link `<UV_TOOL_BIN_DIR>/memtomem-server` to it (else a script that exits 0) |
 //! | `FAKE_UV_PREPARE` | what a prepare call does: `succeed` (default), `fail` (version cannot be resolved, exit 1), `hang`, `sleep:MS` |
 //! | `FAKE_UV_DIR` | what `uv tool dir` does: `succeed` (default), `fail` |
 //! | `FAKE_UV_CACHE` | a directory standing for uv's cache: prepare records `memtomem-<V>` there; an `--offline` install of a V not in it fails like uv does |
@@ -132,6 +133,32 @@ fn parse_spec(spec: &str) -> (Vec<String>, Option<String>) {
 
 fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
+}
+
+/// Put the entry points into the bin dir: `memtomem-server` is the fake server (when
+/// `FAKE_UV_SERVER_BIN` names it), or a script that exits with `code`.
+fn write_bin(bin_dir: Option<&str>, broken: bool) -> std::io::Result<()> {
+    let Some(bin) = bin_dir else { return Ok(()) };
+    let bin = Path::new(bin);
+    fs::create_dir_all(bin)?;
+    for name in ["memtomem-server", "mm"] {
+        let p = bin.join(name);
+        let _ = fs::remove_file(&p);
+        match std::env::var("FAKE_UV_SERVER_BIN") {
+            Ok(server) if !broken && name == "memtomem-server" => std::os::unix::fs::symlink(server, &p)?,
+            _ => {
+                let body = if broken {
+                    "#!/bin/sh\necho 'ModuleNotFoundError: No module named memtomem' >&2\nexit 1\n"
+                } else {
+                    "#!/bin/sh\nexit 0\n"
+                };
+                fs::write(&p, body)?;
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lay out `<tool_dir>/memtomem/` as uv would: a receipt and a dist-info for `version`.
@@ -291,6 +318,7 @@ fn main() {
         if let Some(entry) = &cache_entry {
             let _ = fs::create_dir_all(entry);
         }
+        let _ = write_bin(bin_dir.as_deref(), false);
         eprintln!("Resolved 1 package\nInstalled 1 executable: memtomem-server");
         call.finish(0, "prepared");
     }
@@ -324,6 +352,14 @@ fn main() {
         }
         "hang" => hang(),
         "sleep" => sleep_ms(parts.next().unwrap_or("0")),
+        "broken-entry" => {
+            if let Err(e) = write_env(&target_dir, &extras, &version).and_then(|_| write_bin(bin_dir.as_deref(), true)) {
+                eprintln!("error: fake-uv: cannot write {}: {e}", target_dir.display());
+                call.finish(2, "write failed");
+            }
+            eprintln!("Installed 1 executable: memtomem-server");
+            call.finish(0, "installed a broken entry point");
+        }
         "delete-env-then-fail" => {
             let _ = fs::remove_dir_all(target_dir.join("memtomem"));
             eprintln!(
@@ -335,6 +371,10 @@ fn main() {
     }
     if let Err(e) = write_env(&target_dir, &extras, &version) {
         eprintln!("error: fake-uv: cannot write {}: {e}", target_dir.display());
+        call.finish(2, "write failed");
+    }
+    if let Err(e) = write_bin(bin_dir.as_deref(), false) {
+        eprintln!("error: fake-uv: cannot write the entry points: {e}");
         call.finish(2, "write failed");
     }
     eprintln!("Installed 1 executable: memtomem-server");

@@ -1,0 +1,265 @@
+//! The upgrader end to end with real processes (fake servers) and a stand-in
+//! uv, each test in its own sandbox.
+
+mod common;
+
+use std::fs;
+
+use common::{exists, json_of, Sandbox};
+use predicates::prelude::*;
+
+#[test]
+fn version_specifier_is_a_usage_error_before_anything_is_touched() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    sb.upgrader()
+        .args(["--json", "-y", "--version", ">=0.6"])
+        .assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicate::str::contains("'>=0.6' is not a bare PEP 440 release"));
+    assert!(server.alive());
+    assert_eq!(sb.uv_log(), "");
+}
+
+#[test]
+fn negative_grace_is_a_usage_error() {
+    let sb = Sandbox::new();
+    sb.upgrader().args(["--grace", "-1"]).assert().code(2).stderr(predicate::str::contains("-1"));
+}
+
+#[test]
+fn without_yes_and_without_a_terminal_it_refuses() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let out = sb.upgrader().arg("--json").assert().code(3).get_output().stdout.clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["ok"], false);
+    assert!(doc["error"].as_str().unwrap().contains("Pass -y"));
+    assert!(server.alive());
+    assert!(!sb.uv_log().contains("install"));
+}
+
+#[test]
+fn missing_uv_fails_before_stopping_anything() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    sb.upgrader()
+        .args(["-y", "--uv", "/nonexistent/uv"])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("/nonexistent/uv").and(predicate::str::contains("Nothing was stopped")));
+    assert!(server.alive());
+    assert!(exists(&server.pid_file()));
+}
+
+#[test]
+fn dry_run_lists_the_server_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let before = fs::read(server.pid_file()).unwrap();
+    let out = sb.upgrader().args(["--dry-run", "--json", "--version", "0.6.12"]).assert().code(0).get_output().stdout.clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["would_kill"], serde_json::json!([server.pid()]));
+    assert_eq!(doc["would_remove"], serde_json::json!([server.pid_file()]));
+    assert_eq!(doc["extras"], serde_json::json!(["all"]), "extras come from the receipt");
+    assert_eq!(doc["would_install"].as_array().unwrap().last().unwrap(), "memtomem[all]==0.6.12");
+    assert!(server.alive());
+    assert_eq!(fs::read(server.pid_file()).unwrap(), before);
+    assert!(!sb.uv_log().contains("install"));
+}
+
+#[test]
+fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let pid = server.pid();
+    let out = sb
+        .upgrader()
+        .args(["-y", "--json", "--version", "0.6.12", "--extras", "none"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["killed"], serde_json::json!([pid]));
+    assert_eq!(doc["removed"][0], serde_json::json!(server.pid_file()));
+    assert_eq!(doc["reinstalled"], "memtomem==0.6.12");
+    assert_eq!(doc["stops"][0]["signals"], serde_json::json!(["SIGTERM"]));
+    assert!(!server.alive());
+    assert!(!exists(&server.pid_file()));
+    let log = sb.uv_log();
+    assert!(log.contains("tool install --refresh memtomem==0.6.12\n"), "prepared first: {log}");
+    assert!(log.ends_with("tool install --offline --reinstall memtomem==0.6.12\n"), "{log}");
+    assert!(server.events().contains("\"signal\":\"SIGTERM\""));
+}
+
+#[test]
+fn human_output_names_the_pid_and_the_file() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    sb.upgrader()
+        .args(["-y", "--version", "0.6.12"])
+        .assert()
+        .code(0)
+        .stdout(
+            predicate::str::contains(format!("Stopped pid {}.", server.pid()))
+                .and(predicate::str::contains(format!("Removed {}.", server.pid_file().display())))
+                .and(predicate::str::contains("Reinstalled memtomem[all]==0.6.12")),
+        );
+}
+
+#[test]
+fn a_version_that_cannot_be_prepared_leaves_the_server_running() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let out = sb
+        .upgrader()
+        .env("FAKE_UV_MODE", "fail-prepare")
+        .args(["-y", "--json", "--version", "99.99.99"])
+        .assert()
+        .code(5)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert!(doc["error"].as_str().unwrap().contains("Nothing was stopped"));
+    assert!(doc["stderr"].as_str().unwrap().contains("99.99.99"));
+    assert!(server.alive());
+    assert!(exists(&server.pid_file()));
+    assert!(!sb.uv_log().contains("--reinstall"));
+}
+
+#[test]
+fn a_failed_install_is_rolled_back_to_the_previous_installation() {
+    let sb = Sandbox::new();
+    let _server = sb.server("s", &[]);
+    let out = sb
+        .upgrader()
+        .env("FAKE_UV_MODE", "delete-then-fail")
+        .args(["-y", "--json", "--version", "0.6.12"])
+        .assert()
+        .code(5)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["rolled_back"], true);
+    assert!(doc["error"].as_str().unwrap().contains("Rolled back"));
+    assert!(doc["stderr"].as_str().unwrap().contains("failed half-way"));
+    // The old entry point works again, at the same path.
+    let old = fs::read_to_string(sb.path("bin/memtomem-server")).unwrap();
+    assert!(old.contains("echo old"));
+    assert!(exists(&sb.path("tools/memtomem/uv-receipt.toml")));
+}
+
+#[test]
+fn uv_failure_is_reported_with_its_stderr() {
+    let sb = Sandbox::new();
+    sb.upgrader()
+        .env("FAKE_UV_MODE", "fail-install")
+        .args(["-y", "--version", "0.6.12"])
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains("install exploded").and(predicate::str::contains("rc=2")));
+}
+
+#[test]
+fn a_server_ignoring_sigterm_is_killed_without_waiting_out_the_grace() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &["--mode", "ignore-sigterm"]);
+    let out = sb
+        .upgrader()
+        .args(["-y", "--json", "--grace", "30", "--version", "0.6.12"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    let stop = &doc["stops"][0];
+    assert_eq!(stop["signals"], serde_json::json!(["SIGTERM", "SIGKILL"]));
+    assert!(stop["escalated"].as_str().unwrap().contains("ignored"));
+    assert!(!server.alive());
+    // SIGKILL leaves the pid file; it is removed under its lock.
+    assert!(!exists(&server.pid_file()));
+    assert_eq!(doc["removed"][0], serde_json::json!(server.pid_file()));
+}
+
+#[test]
+fn a_zombie_server_is_dead_and_is_not_signalled() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &["--mode", "zombie"]);
+    // Make it exit (its launcher never reaps it): it is a zombie holding no lock.
+    unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while common::alive(server.pid()) {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let out = sb.upgrader().args(["-y", "--json", "--grace", "30", "--version", "0.6.12"]).assert().code(0).get_output().stdout.clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["killed"], serde_json::json!([]), "a zombie holds no lock and is no target");
+}
+
+#[test]
+fn a_pid_file_naming_pid_1_is_refused_and_nothing_is_signalled() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &["--mode", "corrupt-pidfile=one"]);
+    let out = sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]).assert().code(3).get_output().stdout.clone();
+    let doc = json_of(&out);
+    let err = doc["error"].as_str().unwrap();
+    assert!(err.contains("no signalable PID"), "{err}");
+    assert!(err.contains(&format!("held by pid {}", server.pid())), "names the real holder: {err}");
+    assert!(server.alive());
+    assert!(!sb.uv_log().contains("install"));
+}
+
+#[test]
+fn a_second_run_is_refused_while_one_holds_the_run_lock() {
+    let sb = Sandbox::new();
+    let lock = fs::File::create(sb.rt().join("mm-upgrade.lock")).unwrap();
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    sb.upgrader()
+        .args(["-y", "--version", "0.6.12"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("another mm-upgrade"));
+}
+
+#[test]
+fn skip_pkill_reinstalls_and_lists_what_keeps_running_old_code() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    sb.upgrader()
+        .args(["-y", "--skip-pkill", "--version", "0.6.12"])
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(format!("pid {} (server", server.pid())).and(predicate::str::contains("keeps running the old code")));
+    assert!(server.alive());
+    assert!(sb.uv_log().contains("--reinstall"));
+}
+
+#[test]
+fn events_stream_tells_the_story_in_order() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let events = sb.path("events.jsonl");
+    sb.upgrader().args(["-y", "--version", "0.6.12", "--events"]).arg(&events).assert().code(0);
+    let text = fs::read_to_string(&events).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+        .collect();
+    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k} in {kinds:?}"));
+    assert!(pos("discovered") < pos("prepared"));
+    assert!(pos("prepared") < pos("signalled"));
+    assert!(pos("signalled") < pos("exited"));
+    assert!(pos("exited") < pos("unlinked"));
+    assert!(pos("unlinked") < pos("installed"));
+    assert!(text.contains(&format!("\"pid\":{}", server.pid())));
+    assert!(text.contains("\"via\":\"pidfd\""));
+}
