@@ -214,9 +214,20 @@ pub fn package_spec(extras: &[String], version: Option<&str>) -> String {
 }
 
 /// The argv after `uv` for the real install.
+///
+/// Unprepared, it is upstream's `--refresh --reinstall`. Prepared, uv works
+/// from its warm cache (`--offline`; uv refuses it together with `--refresh`)
+/// and reinstalls the memtomem package itself rather than every dependency:
+/// measured here, `--offline --reinstall` takes 0.40–0.47 s and
+/// `--offline --reinstall-package memtomem` 0.21–0.28 s, and this is the
+/// window in which no server runs. Dependencies still follow the resolution.
 pub fn install_args(spec: &str, prepared: bool) -> Vec<String> {
-    let mode = if prepared { "--offline" } else { "--refresh" };
-    ["tool", "install", mode, "--reinstall", spec].iter().map(|s| s.to_string()).collect()
+    let args: &[&str] = if prepared {
+        &["tool", "install", "--offline", "--reinstall-package", PACKAGE, spec]
+    } else {
+        &["tool", "install", "--refresh", "--reinstall", spec]
+    };
+    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// Result of the preparation: the exact version uv resolved, now in its cache.
@@ -290,7 +301,7 @@ mod tests {
         assert_eq!(parse_extras_flag("onnx, Web,,"), vec!["onnx", "Web"]);
         assert_eq!(package_spec(&[], None), "memtomem");
         assert_eq!(package_spec(&["all".into()], Some("0.1.32")), "memtomem[all]==0.1.32");
-        assert_eq!(install_args("memtomem==1", true), vec!["tool", "install", "--offline", "--reinstall", "memtomem==1"]);
+        assert_eq!(install_args("memtomem==1", true), vec!["tool", "install", "--offline", "--reinstall-package", "memtomem", "memtomem==1"]);
         assert_eq!(install_args("memtomem", false), vec!["tool", "install", "--refresh", "--reinstall", "memtomem"]);
     }
 

@@ -122,7 +122,7 @@ mod tests {
         assert_eq!(p.stops.iter().map(|i| i.pid).collect::<Vec<_>>(), vec![Some(100)]);
         assert_eq!(p.problems, vec!["live lock has no signalable PID".to_string()]);
         assert_eq!(p.would_remove(), vec![PathBuf::from("/rt/server-0000000000000064.pid"), PathBuf::from("/rt/server.pid")]);
-        assert_eq!(p.install_argv(), vec!["uv", "tool", "install", "--offline", "--reinstall", "memtomem==0.6.12"]);
+        assert_eq!(p.install_argv(), vec!["uv", "tool", "install", "--offline", "--reinstall-package", "memtomem", "memtomem==0.6.12"]);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! absolute paths in shebangs and `pyvenv.cfg`, so restoring elsewhere would
 //! not work).
 //!
-//! The copy is made of hard links: fast, and safe because uv replaces the
-//! environment by deleting and recreating it, never by rewriting files.
+//! Large files are hard-linked (fast; uv replaces package files by unlinking
+//! them and linking new ones from its cache), small ones are copied: uv
+//! rewrites some files in place (measured: `uv-receipt.toml` keeps its inode
+//! across a reinstall), and a hard link would share the new content.
 
 use std::fs;
 use std::io;
@@ -30,9 +32,7 @@ impl Backup {
             return Ok(None);
         }
         let parent = tool_dir.parent().unwrap_or(tool_dir);
-        let root = parent.join(format!(".mm-upgrade-rollback-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root)?;
+        let root = tempfile::Builder::new().prefix(".mm-upgrade-rollback-").tempdir_in(parent)?.keep();
         let copy = root.join(PACKAGE);
         if let Err(e) = link_tree(&env_dir, &copy) {
             let _ = fs::remove_dir_all(&root);
@@ -75,8 +75,11 @@ impl Drop for Backup {
     }
 }
 
-/// Recreate `src` at `dst`: directories made, files hard-linked (copied when
-/// linking is impossible), symlinks recreated.
+/// Files at least this large are hard-linked instead of copied.
+const LINK_THRESHOLD: u64 = 64 * 1024;
+
+/// Recreate `src` at `dst`: directories made, small files copied, large ones
+/// hard-linked (copied when linking is impossible), symlinks recreated.
 fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
     fs::create_dir(dst)?;
     fs::set_permissions(dst, fs::metadata(src)?.permissions())?;
@@ -88,7 +91,7 @@ fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
             link_tree(&entry.path(), &to)?;
         } else if ft.is_symlink() {
             symlink(fs::read_link(entry.path())?, &to)?;
-        } else if fs::hard_link(entry.path(), &to).is_err() {
+        } else if entry.metadata()?.len() < LINK_THRESHOLD || fs::hard_link(entry.path(), &to).is_err() {
             fs::copy(entry.path(), &to)?;
         }
     }
@@ -111,6 +114,14 @@ mod tests {
         fs::write(env.join("uv-receipt.toml"), "[tool]\n").unwrap();
         symlink(env.join("bin/memtomem-server"), bin.join("memtomem-server")).unwrap();
         let b = Backup::take(&tools, Some(&bin)).unwrap().unwrap();
+        // A large file is linked; the receipt is rewritten in place by uv.
+        fs::write(env.join("big.so"), vec![7u8; 100_000]).unwrap();
+        let b2 = Backup::take(&tools, Some(&bin)).unwrap().unwrap();
+        fs::write(env.join("uv-receipt.toml"), "[tool]\nnew = true\n").unwrap();
+        b2.restore().unwrap();
+        assert_eq!(fs::read_to_string(env.join("uv-receipt.toml")).unwrap(), "[tool]\n");
+        assert_eq!(fs::read(env.join("big.so")).unwrap().len(), 100_000);
+        drop(b2);
         // The worst moment: uv deleted the environment and its links, then failed.
         fs::remove_dir_all(&env).unwrap();
         fs::remove_file(bin.join("memtomem-server")).unwrap();

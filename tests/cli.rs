@@ -93,7 +93,7 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     assert!(!exists(&server.pid_file()));
     let log = sb.uv_log();
     assert!(log.contains("tool install --refresh memtomem==0.6.12\n"), "prepared first: {log}");
-    assert!(log.ends_with("tool install --offline --reinstall memtomem==0.6.12\n"), "{log}");
+    assert!(log.ends_with("tool install --offline --reinstall-package memtomem memtomem==0.6.12\n"), "{log}");
     assert!(server.events().contains("\"signal\":\"SIGTERM\""));
 }
 
