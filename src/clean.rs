@@ -20,7 +20,13 @@ fn note(path: &Path, removed: &mut Vec<PathBuf>) {
 /// After stopping `targets`: remove each stopped instance's pid file (a file
 /// the server already removed itself is reported as removed, as upstream
 /// does) and the markers a SIGKILLed server left behind.
-pub fn after_stop(targets: &[Instance], records: &[StopRecord], removed: &mut Vec<PathBuf>, warnings: &mut Vec<String>, ui: &mut Ui) {
+pub fn after_stop(
+    targets: &[Instance],
+    records: &[StopRecord],
+    removed: &mut Vec<PathBuf>,
+    warnings: &mut Vec<String>,
+    ui: &mut Ui,
+) {
     for inst in targets {
         let Some(pid) = inst.pid else { continue };
         let stopped = records.iter().any(|r| r.pid == pid && r.stopped());
@@ -31,7 +37,11 @@ pub fn after_stop(targets: &[Instance], records: &[StopRecord], removed: &mut Ve
             unlink_one(src, removed, warnings, ui, true);
             if let Some(dir) = src.parent() {
                 // Markers live in <runtime>/presence; a marker source's parent is that dir.
-                let runtime = if dir.ends_with("presence") || dir.ends_with("instances") { dir.parent() } else { Some(dir) };
+                let runtime = if dir.ends_with("presence") || dir.ends_with("instances") {
+                    dir.parent()
+                } else {
+                    Some(dir)
+                };
                 if let Some(rt) = runtime {
                     remove_markers_of(rt, pid, removed, warnings, ui);
                 }
@@ -40,14 +50,24 @@ pub fn after_stop(targets: &[Instance], records: &[StopRecord], removed: &mut Ve
     }
 }
 
-fn remove_markers_of(runtime: &Path, pid: i32, removed: &mut Vec<PathBuf>, warnings: &mut Vec<String>, ui: &mut Ui) {
+fn remove_markers_of(
+    runtime: &Path,
+    pid: i32,
+    removed: &mut Vec<PathBuf>,
+    warnings: &mut Vec<String>,
+    ui: &mut Ui,
+) {
     for sub in ["presence", "instances"] {
         let dir = runtime.join(sub);
-        let Ok(meta) = fs::symlink_metadata(&dir) else { continue };
+        let Ok(meta) = fs::symlink_metadata(&dir) else {
+            continue;
+        };
         if !meta.is_dir() {
             continue;
         }
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if pidfile::parse_marker_name(&name).is_some_and(|m| m.pid == pid as i64) {
@@ -57,7 +77,13 @@ fn remove_markers_of(runtime: &Path, pid: i32, removed: &mut Vec<PathBuf>, warni
     }
 }
 
-fn unlink_one(path: &Path, removed: &mut Vec<PathBuf>, warnings: &mut Vec<String>, ui: &mut Ui, report_missing: bool) {
+fn unlink_one(
+    path: &Path,
+    removed: &mut Vec<PathBuf>,
+    warnings: &mut Vec<String>,
+    ui: &mut Ui,
+    report_missing: bool,
+) {
     match pidfile::unlink_if_stale(path) {
         Ok(Unlink::Removed) => {
             ui.event("unlinked", json!({"path": path, "how": "lock-then-unlink"}));
@@ -82,7 +108,12 @@ fn unlink_one(path: &Path, removed: &mut Vec<PathBuf>, warnings: &mut Vec<String
 }
 
 /// Remove stale (unheld) memtomem files found by discovery.
-pub fn stale_files(stale: &[StaleFile], removed: &mut Vec<PathBuf>, warnings: &mut Vec<String>, ui: &mut Ui) {
+pub fn stale_files(
+    stale: &[StaleFile],
+    removed: &mut Vec<PathBuf>,
+    warnings: &mut Vec<String>,
+    ui: &mut Ui,
+) {
     for s in stale {
         unlink_one(&s.path, removed, warnings, ui, false);
     }

@@ -37,12 +37,24 @@ pub struct Cli {
 pub enum Command {
     /// List memtomem processes and whether each runs current or stale code.
     Status(StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) generated from this command line.
+    Man,
 }
 
 #[derive(Debug, Args)]
 pub struct Common {
     /// Inventory only this runtime directory instead of /tmp/memtomem-<euid> and the legacy candidates (for tests and sandboxes).
-    #[arg(long, value_name = "DIR", env = "MM_UPGRADE_RUNTIME_DIR", global = true)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "MM_UPGRADE_RUNTIME_DIR",
+        global = true
+    )]
     pub runtime_dir: Option<PathBuf>,
     /// Home directory for ~/.memtomem (legacy pid file, default store) [default: $HOME].
     #[arg(long, value_name = "DIR", env = "MM_UPGRADE_HOME", global = true)]
@@ -104,7 +116,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (t, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
     if !v.is_finite() || v < 0.0 {
         return Err(format!("'{s}' must be zero or more seconds"));
     }
@@ -149,10 +164,17 @@ pub fn path_env(common: &Common) -> PathEnv {
 impl Settings {
     /// Validate before anything touches the system; errors are usage errors.
     pub fn resolve(a: &UpgradeArgs) -> Result<Settings, String> {
-        let version = a.target_version.as_deref().map(crate::version::validate).transpose()?;
+        let version = a
+            .target_version
+            .as_deref()
+            .map(crate::version::validate)
+            .transpose()?;
         if let Some(dir) = &a.common.runtime_dir {
             if !dir.is_absolute() {
-                return Err(format!("--runtime-dir {} must be an absolute path", dir.display()));
+                return Err(format!(
+                    "--runtime-dir {} must be an absolute path",
+                    dir.display()
+                ));
             }
         }
         Ok(Settings {

@@ -38,7 +38,10 @@ pub fn write_lock_holder(db: &Path) -> Option<Pid> {
     let file = File::open(db).ok()?;
     let mut magic = [0u8; 16];
     use std::io::Read;
-    if (&file).read_exact(&mut magic).is_err() || &magic != b"SQLite format 3\0" {
+    // A store created by a writer whose first transaction is still open is
+    // empty; anything else must be a SQLite file.
+    let len = file.metadata().ok()?.len();
+    if len > 0 && ((&file).read_exact(&mut magic).is_err() || &magic != b"SQLite format 3\0") {
         return None;
     }
     // RESERVED (writer) is PENDING_BYTE+1; PENDING and the SHARED range follow.

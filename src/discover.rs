@@ -112,7 +112,9 @@ impl Inventory {
     }
 
     pub fn targets(&self) -> impl Iterator<Item = &Instance> {
-        self.instances.iter().filter(|i| i.pid.is_some() && i.problem.is_none())
+        self.instances
+            .iter()
+            .filter(|i| i.pid.is_some() && i.problem.is_none())
     }
 }
 
@@ -139,7 +141,9 @@ impl Installation {
             if let Some(bin) = &self.bin_dir {
                 if p.starts_with(bin) {
                     if let Ok(target) = fs::canonicalize(p) {
-                        if target.starts_with(env_dir) || fs::canonicalize(env_dir).is_ok_and(|e| target.starts_with(e)) {
+                        if target.starts_with(env_dir)
+                            || fs::canonicalize(env_dir).is_ok_and(|e| target.starts_with(e))
+                        {
                             return Some(format!("command line runs entry point {arg}"));
                         }
                     }
@@ -149,7 +153,13 @@ impl Installation {
         sys::maps(pid)
             .into_iter()
             .find(|m| Path::new(&m.path).starts_with(env_dir))
-            .map(|m| format!("maps {}{}", m.path, if m.deleted { " (deleted)" } else { "" }))
+            .map(|m| {
+                format!(
+                    "maps {}{}",
+                    m.path,
+                    if m.deleted { " (deleted)" } else { "" }
+                )
+            })
     }
 }
 
@@ -163,8 +173,12 @@ pub struct Scope<'a> {
     pub scan_processes: bool,
 }
 
-/// Markers younger than this may belong to a server that is still starting.
+/// Unlocked markers younger than this may belong to a server that is still
+/// starting (upstream's `_STALE_GRACE_S`); older ones are garbage.
 const MARKER_GRACE: Duration = Duration::from_secs(60);
+/// A held marker without a pid lock this young is a server that may still be
+/// taking its pid lock (upstream retries contention for 0.5 s).
+const STARTING_GRACE: Duration = Duration::from_millis(1500);
 
 pub fn discover(scope: &Scope) -> Inventory {
     let mut inv = Inventory::default();
@@ -197,7 +211,10 @@ pub fn discover(scope: &Scope) -> Inventory {
         let mut names = match list_dir(&dir.path) {
             Ok(n) => n,
             Err(e) => {
-                inv.problems.push(format!("memtomem-server: enumerating pid files failed ({}: {e})", dir.path.display()));
+                inv.problems.push(format!(
+                    "memtomem-server: enumerating pid files failed ({}: {e})",
+                    dir.path.display()
+                ));
                 continue;
             }
         };
@@ -206,8 +223,18 @@ pub fn discover(scope: &Scope) -> Inventory {
             .iter()
             .filter(|n| paths::is_server_pid_name(n))
             .map(|n| (Role::Server, n))
-            .chain(names.iter().filter(|n| *n == "server.pid").map(|n| (Role::BareServer, n)))
-            .chain(names.iter().filter(|n| *n == "web.pid").map(|n| (Role::Web, n)));
+            .chain(
+                names
+                    .iter()
+                    .filter(|n| *n == "server.pid")
+                    .map(|n| (Role::BareServer, n)),
+            )
+            .chain(
+                names
+                    .iter()
+                    .filter(|n| *n == "web.pid")
+                    .map(|n| (Role::Web, n)),
+            );
         for (role, name) in pid_files {
             let path = dir.path.join(name);
             probe_into(&mut inv, role, &path, scope, &mut table);
@@ -226,8 +253,18 @@ pub fn discover(scope: &Scope) -> Inventory {
         if inv.instances.iter().any(|i| i.pid == Some(pid)) || scope.protected.contains(&pid) {
             continue;
         }
-        let Some(st) = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie) else { continue };
+        let Some(st) = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie) else {
+            continue;
+        };
         let mut evidence = vec![format!("holds marker {}", marker.display())];
+        // A server registers its marker just before it takes its pid lock
+        // (which it retries for 0.5 s): a young marker may be a server that is
+        // still starting, so it is re-inventoried before it counts.
+        let young = fs::symlink_metadata(&marker)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < STARTING_GRACE);
         let proof = scope.install.evidence(pid);
         let problem = match &proof {
             Some(p) => {
@@ -247,8 +284,8 @@ pub fn discover(scope: &Scope) -> Inventory {
             ppid: st.ppid,
             started: None,
             evidence,
+            gap: young && problem.is_some(),
             problem,
-            gap: false,
             file_id: None,
         });
     }
@@ -310,30 +347,48 @@ fn collect_markers(inv: &mut Inventory, dir: &Path, out: &mut Vec<(Pid, PathBuf)
         Err(_) => return,
     };
     if !meta.is_dir() {
-        inv.problems.push(format!("server registry: {} is not a real directory", dir.display()));
+        inv.problems.push(format!(
+            "server registry: {} is not a real directory",
+            dir.display()
+        ));
         return;
     }
     let Ok(names) = list_dir(dir) else {
-        inv.problems.push(format!("server registry: cannot read {}", dir.display()));
+        inv.problems
+            .push(format!("server registry: cannot read {}", dir.display()));
         return;
     };
     for name in names {
-        let Some(marker) = pidfile::parse_marker_name(&name) else { continue };
+        let Some(marker) = pidfile::parse_marker_name(&name) else {
+            continue;
+        };
         let path = dir.join(&name);
-        let Ok(m) = fs::symlink_metadata(&path) else { continue };
+        let Ok(m) = fs::symlink_metadata(&path) else {
+            continue;
+        };
         if !m.file_type().is_file() {
             continue;
         }
-        let Ok(file) = pidfile::open_nofollow(&path) else { continue };
+        let Ok(file) = pidfile::open_nofollow(&path) else {
+            continue;
+        };
         match pidfile::try_flock(&file, libc::LOCK_EX) {
             Ok(true) => {
                 pidfile::unlock(&file);
-                let age = m.modified().ok().and_then(|t| SystemTime::now().duration_since(t).ok());
-                let pid_dead = marker.pid > 0 && sys::proc_stat(marker.pid as Pid).is_none_or(|s| s.state == RunState::Zombie);
+                let age = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok());
+                let pid_dead = marker.pid > 0
+                    && sys::proc_stat(marker.pid as Pid)
+                        .is_none_or(|s| s.state == RunState::Zombie);
                 // Unlocked and old (or its process is gone): garbage. Young
                 // and unlocked: a server may be between create and lock.
                 if pid_dead || age.is_some_and(|a| a > MARKER_GRACE) {
-                    inv.stale.push(StaleFile { path, pid: Some(marker.pid) });
+                    inv.stale.push(StaleFile {
+                        path,
+                        pid: Some(marker.pid),
+                    });
                 }
             }
             Ok(false) => {
@@ -341,29 +396,71 @@ fn collect_markers(inv: &mut Inventory, dir: &Path, out: &mut Vec<(Pid, PathBuf)
                     // The name is only a claim: require that the named
                     // process really holds the marker's lock.
                     let pid = marker.pid as Pid;
-                    let held_by_named = sys::open_files_of(pid, m.dev(), m.ino()).iter().any(|o| o.flock.is_some());
+                    let held_by_named = sys::open_files_of(pid, m.dev(), m.ino())
+                        .iter()
+                        .any(|o| o.flock.is_some());
                     if held_by_named {
                         out.push((pid, path));
+                        continue;
+                    }
+                    let named_alive =
+                        sys::proc_stat(pid).is_some_and(|s| s.state != RunState::Zombie);
+                    let holders: Vec<Pid> = sys::flock_holders(&sys::all_pids(), m.dev(), m.ino())
+                        .iter()
+                        .map(|o| o.pid)
+                        .collect();
+                    if !named_alive && !holders.is_empty() {
+                        // The named process exited and a child inherited the
+                        // marker's lock: the holder is what is alive.
+                        for h in holders {
+                            out.push((h, path.clone()));
+                        }
                     } else {
+                        let held = match holders.as_slice() {
+                            [] => String::new(),
+                            hs => format!(
+                                "; the lock is held by pid {}",
+                                hs.iter()
+                                    .map(|h| h.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        };
                         inv.problems.push(format!(
-                            "server registry: marker {} names pid {pid}, which does not hold it",
+                            "server registry: marker {} names pid {pid}, which does not hold it{held}",
                             path.display()
                         ));
                     }
                 }
             }
-            Err(e) => inv.problems.push(format!("server registry: cannot lock {}: {e}", path.display())),
+            Err(e) => inv.problems.push(format!(
+                "server registry: cannot lock {}: {e}",
+                path.display()
+            )),
         }
     }
 }
 
-fn probe_into(inv: &mut Inventory, role: Role, path: &Path, scope: &Scope, table: &mut Option<Vec<ProcStat>>) {
+fn probe_into(
+    inv: &mut Inventory,
+    role: Role,
+    path: &Path,
+    scope: &Scope,
+    table: &mut Option<Vec<ProcStat>>,
+) {
     match pidfile::probe(path) {
         Probe::Missing => {}
         Probe::Unverifiable { reason } => {
-            inv.problems.push(format!("{}: probing {} failed ({reason})", prefix(role), path.display()));
+            inv.problems.push(format!(
+                "{}: probing {} failed ({reason})",
+                prefix(role),
+                path.display()
+            ));
         }
-        Probe::Stale { payload, .. } => inv.stale.push(StaleFile { path: path.to_path_buf(), pid: payload.pid }),
+        Probe::Stale { payload, .. } => inv.stale.push(StaleFile {
+            path: path.to_path_buf(),
+            pid: payload.pid,
+        }),
         Probe::Held { payload, id } => {
             if role == Role::LegacyServer {
                 match pidfile::classify_legacy(path, id) {
@@ -373,12 +470,16 @@ fn probe_into(inv: &mut Inventory, role: Role, path: &Path, scope: &Scope, table
                     }
                     Ok(LegacyMode::Exclusive) => {}
                     Err(e) => {
-                        inv.problems.push(format!("legacy memtomem-server: probing {} failed ({e})", path.display()));
+                        inv.problems.push(format!(
+                            "legacy memtomem-server: probing {} failed ({e})",
+                            path.display()
+                        ));
                         return;
                     }
                 }
             }
-            inv.instances.extend(attribute(role, path, payload, id, scope, table));
+            inv.instances
+                .extend(attribute(role, path, payload, id, scope, table));
         }
     }
 }
@@ -400,7 +501,11 @@ fn attribute(
     scope: &Scope,
     table: &mut Option<Vec<ProcStat>>,
 ) -> Vec<Instance> {
-    let base = |pid: Option<Pid>, st: Option<&ProcStat>, evidence: Vec<String>, problem: Option<String>, gap: bool| Instance {
+    let base = |pid: Option<Pid>,
+                st: Option<&ProcStat>,
+                evidence: Vec<String>,
+                problem: Option<String>,
+                gap: bool| Instance {
         role,
         source: Some(path.to_path_buf()),
         pid,
@@ -431,7 +536,10 @@ fn attribute(
         }
         let st = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie);
         if let Some(st) = &st {
-            if sys::open_files_of(pid, id.dev, id.ino).iter().any(|o| o.flock.is_some()) {
+            if sys::open_files_of(pid, id.dev, id.ino)
+                .iter()
+                .any(|o| o.flock.is_some())
+            {
                 let evidence = vec![format!("pid {pid} holds the flock on {}", path.display())];
                 return vec![base(Some(pid), Some(st), evidence, None, false)];
             }
@@ -461,7 +569,9 @@ fn attribute(
             .map(|h| {
                 let ev = vec![
                     format!("pid {} holds the flock on {}", h.pid, path.display()),
-                    format!("the payload names pid {pid}, which has exited (the lock was inherited)"),
+                    format!(
+                        "the payload names pid {pid}, which has exited (the lock was inherited)"
+                    ),
                 ];
                 base(Some(h.pid), Some(h), ev, None, false)
             })
@@ -501,7 +611,10 @@ fn holders_text(holders: &[ProcStat]) -> String {
         [] => String::new(),
         hs => format!(
             "; the lock is held by pid {}",
-            hs.iter().map(|h| h.pid.to_string()).collect::<Vec<_>>().join(", ")
+            hs.iter()
+                .map(|h| h.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -523,11 +636,13 @@ fn find_holders(id: FileId, scope: &Scope, table: &mut Option<Vec<ProcStat>>) ->
         .collect()
 }
 
-/// Re-run discovery while a startup gap is visible: 50, 100, 200 ms
-/// (upstream's bounded stabilisation, contract §4.5).
+/// Re-run discovery while a startup gap is visible: 50, 100, 200 ms as
+/// upstream (contract §4.5), then 400 and 800 ms, because a server with a
+/// marker may wait up to 0.5 s for a pid lock its predecessor still holds.
+/// Only a gap costs time; a complete inventory returns at once.
 pub fn discover_stable(scope: &Scope, sleep: &dyn Fn(Duration)) -> Inventory {
     let mut inv = discover(scope);
-    for ms in [50, 100, 200] {
+    for ms in [50, 100, 200, 400, 800] {
         if !inv.has_gap() {
             break;
         }

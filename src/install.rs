@@ -25,7 +25,11 @@ pub enum UvError {
     #[error("{what} timed out after {secs}s")]
     Timeout { what: String, secs: u64 },
     #[error("{what} failed (rc={code})")]
-    Failed { what: String, code: i32, stderr: String },
+    Failed {
+        what: String,
+        code: i32,
+        stderr: String,
+    },
 }
 
 impl UvError {
@@ -54,18 +58,33 @@ pub struct UvOutput {
 
 impl Uv {
     /// Find uv: an explicit path, else `uv` on `PATH`.
-    pub fn locate(explicit: Option<&Path>, path_var: Option<&std::ffi::OsStr>, timeout: Duration) -> Result<Uv, UvError> {
+    pub fn locate(
+        explicit: Option<&Path>,
+        path_var: Option<&std::ffi::OsStr>,
+        timeout: Duration,
+    ) -> Result<Uv, UvError> {
         let found = match explicit {
-            Some(p) => crate::sys::which(&p.to_string_lossy(), path_var)
-                .ok_or_else(|| UvError::Missing(format!("{} is not an executable file", p.display())))?,
-            None => crate::sys::which("uv", path_var).ok_or_else(|| UvError::Missing("`uv` is not on PATH".into()))?,
+            Some(p) => crate::sys::which(&p.to_string_lossy(), path_var).ok_or_else(|| {
+                UvError::Missing(format!("{} is not an executable file", p.display()))
+            })?,
+            None => crate::sys::which("uv", path_var)
+                .ok_or_else(|| UvError::Missing("`uv` is not on PATH".into()))?,
         };
-        Ok(Uv { program: found, timeout })
+        Ok(Uv {
+            program: found,
+            timeout,
+        })
     }
 
     /// Run uv with `args` (and extra environment), bounded by the timeout.
     /// uv runs in its own process group so a timeout stops all of it.
-    pub fn run(&self, what: &str, args: &[String], envs: &[(OsString, OsString)], timeout: Duration) -> Result<UvOutput, UvError> {
+    pub fn run(
+        &self,
+        what: &str,
+        args: &[String],
+        envs: &[(OsString, OsString)],
+        timeout: Duration,
+    ) -> Result<UvOutput, UvError> {
         let started = Instant::now();
         let mut cmd = Command::new(&self.program);
         cmd.args(args)
@@ -78,7 +97,10 @@ impl Uv {
             if e.kind() == io::ErrorKind::NotFound {
                 UvError::Missing(format!("{} does not exist", self.program.display()))
             } else {
-                UvError::Spawn { program: self.program.display().to_string(), error: e.to_string() }
+                UvError::Spawn {
+                    program: self.program.display().to_string(),
+                    error: e.to_string(),
+                }
             }
         })?;
         let mut out_pipe = child.stdout.take();
@@ -104,17 +126,33 @@ impl Uv {
             unsafe { libc::kill(-pid, libc::SIGKILL) };
             let _ = child.wait();
             let _ = (out_t.join(), err_t.join());
-            return Err(UvError::Timeout { what: what.to_string(), secs: timeout.as_secs() });
+            return Err(UvError::Timeout {
+                what: what.to_string(),
+                secs: timeout.as_secs(),
+            });
         }
-        let status = child.wait().map_err(|e| UvError::Spawn { program: self.program.display().to_string(), error: e.to_string() })?;
+        let status = child.wait().map_err(|e| UvError::Spawn {
+            program: self.program.display().to_string(),
+            error: e.to_string(),
+        })?;
         let stdout = out_t.join().unwrap_or_default();
         let stderr = err_t.join().unwrap_or_default();
         if !status.success() {
             use std::os::unix::process::ExitStatusExt;
-            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            return Err(UvError::Failed { what: what.to_string(), code, stderr });
+            let code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            return Err(UvError::Failed {
+                what: what.to_string(),
+                code,
+                stderr,
+            });
         }
-        Ok(UvOutput { stdout, stderr, elapsed: started.elapsed() })
+        Ok(UvOutput {
+            stdout,
+            stderr,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// `uv tool dir` and `uv tool dir --bin`.
@@ -122,7 +160,12 @@ impl Uv {
         let t = Duration::from_secs(10);
         let dir = self.run("uv tool dir", &["tool".into(), "dir".into()], &[], t)?;
         let bin = self
-            .run("uv tool dir --bin", &["tool".into(), "dir".into(), "--bin".into()], &[], t)
+            .run(
+                "uv tool dir --bin",
+                &["tool".into(), "dir".into(), "--bin".into()],
+                &[],
+                t,
+            )
             .ok()
             .map(|o| PathBuf::from(o.stdout.trim()))
             .filter(|p| !p.as_os_str().is_empty());
@@ -145,7 +188,14 @@ fn wait_child_exit(pid: i32, timeout: Duration) -> bool {
         let mut status = 0;
         // SAFETY: WNOWAIT leaves the child for Child::wait to reap.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::waitid(libc::P_PID, pid as u32, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as u32,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
         let _ = &mut status;
         // SAFETY: si_pid is valid after a successful waitid.
         if rc == 0 && unsafe { info.si_pid() } == pid {
@@ -161,9 +211,17 @@ fn wait_child_exit(pid: i32, timeout: Duration) -> bool {
 /// Extras from uv's receipt (`[tool].requirements[name=memtomem].extras`), so
 /// a `memtomem[all]` user keeps `[all]`. Any problem reads as "none".
 pub fn receipt_extras(tool_dir: &Path) -> Vec<String> {
-    let Ok(text) = fs::read_to_string(tool_dir.join(PACKAGE).join("uv-receipt.toml")) else { return vec![] };
-    let Ok(doc) = text.parse::<toml::Table>() else { return vec![] };
-    let Some(reqs) = doc.get("tool").and_then(|t| t.get("requirements")).and_then(|r| r.as_array()) else {
+    let Ok(text) = fs::read_to_string(tool_dir.join(PACKAGE).join("uv-receipt.toml")) else {
+        return vec![];
+    };
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return vec![];
+    };
+    let Some(reqs) = doc
+        .get("tool")
+        .and_then(|t| t.get("requirements"))
+        .and_then(|r| r.as_array())
+    else {
         return vec![];
     };
     for req in reqs {
@@ -172,14 +230,26 @@ pub fn receipt_extras(tool_dir: &Path) -> Vec<String> {
                 return t
                     .get("extras")
                     .and_then(|e| e.as_array())
-                    .map(|a| a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default();
             }
             // Legacy receipts hold PEP 508 strings: "memtomem[all]==0.1".
             toml::Value::String(s) if s.starts_with(PACKAGE) => {
                 let rest = &s[PACKAGE.len()..];
-                if let Some(inner) = rest.strip_prefix('[').and_then(|r| r.split_once(']')).map(|(i, _)| i) {
-                    return inner.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+                if let Some(inner) = rest
+                    .strip_prefix('[')
+                    .and_then(|r| r.split_once(']'))
+                    .map(|(i, _)| i)
+                {
+                    return inner
+                        .split(',')
+                        .map(|e| e.trim().to_string())
+                        .filter(|e| !e.is_empty())
+                        .collect();
                 }
                 return vec![];
             }
@@ -195,7 +265,10 @@ pub fn parse_extras_flag(s: &str) -> Vec<String> {
     if s.trim().eq_ignore_ascii_case("none") || s.trim().is_empty() {
         return vec![];
     }
-    s.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect()
+    s.split(',')
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
 /// `memtomem`, `memtomem[a,b]`, with `==V` when pinned.
@@ -223,7 +296,14 @@ pub fn package_spec(extras: &[String], version: Option<&str>) -> String {
 /// window in which no server runs. Dependencies still follow the resolution.
 pub fn install_args(spec: &str, prepared: bool) -> Vec<String> {
     let args: &[&str] = if prepared {
-        &["tool", "install", "--offline", "--reinstall-package", PACKAGE, spec]
+        &[
+            "tool",
+            "install",
+            "--offline",
+            "--reinstall-package",
+            PACKAGE,
+            spec,
+        ]
     } else {
         &["tool", "install", "--refresh", "--reinstall", spec]
     };
@@ -243,16 +323,28 @@ pub fn prepare(uv: &Uv, spec: &str) -> Result<Prepared, UvError> {
     let scratch = tempfile::Builder::new()
         .prefix("mm-upgrade-prepare-")
         .tempdir()
-        .map_err(|e| UvError::Spawn { program: "mkdtemp".into(), error: e.to_string() })?;
+        .map_err(|e| UvError::Spawn {
+            program: "mkdtemp".into(),
+            error: e.to_string(),
+        })?;
     let tools = scratch.path().join("tools");
     let bin = scratch.path().join("bin");
     let envs = vec![
-        (OsString::from("UV_TOOL_DIR"), tools.clone().into_os_string()),
+        (
+            OsString::from("UV_TOOL_DIR"),
+            tools.clone().into_os_string(),
+        ),
         (OsString::from("UV_TOOL_BIN_DIR"), bin.into_os_string()),
     ];
-    let args: Vec<String> = ["tool", "install", "--refresh", spec].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = ["tool", "install", "--refresh", spec]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let out = uv.run(&format!("preparing {spec}"), &args, &envs, uv.timeout)?;
-    Ok(Prepared { version: installed_version(&tools), elapsed: out.elapsed })
+    Ok(Prepared {
+        version: installed_version(&tools),
+        elapsed: out.elapsed,
+    })
 }
 
 /// The installed version, from `<tool dir>/memtomem/lib/python*/site-packages/memtomem-<V>.dist-info`.
@@ -260,10 +352,15 @@ pub fn installed_version(tool_dir: &Path) -> Option<String> {
     let lib = tool_dir.join(PACKAGE).join("lib");
     for py in fs::read_dir(&lib).ok()?.flatten() {
         let site = py.path().join("site-packages");
-        let Ok(entries) = fs::read_dir(&site) else { continue };
+        let Ok(entries) = fs::read_dir(&site) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(v) = name.strip_prefix("memtomem-").and_then(|r| r.strip_suffix(".dist-info")) {
+            if let Some(v) = name
+                .strip_prefix("memtomem-")
+                .and_then(|r| r.strip_suffix(".dist-info"))
+            {
                 return Some(v.to_string());
             }
         }
@@ -283,9 +380,17 @@ mod tests {
         assert!(receipt_extras(tmp.path()).is_empty());
         fs::write(d.join("uv-receipt.toml"), "[tool]\nrequirements = [{ name = \"memtomem\", extras = [\"all\"], specifier = \"==0.6.12\" }]\n").unwrap();
         assert_eq!(receipt_extras(tmp.path()), vec!["all"]);
-        fs::write(d.join("uv-receipt.toml"), "[tool]\nrequirements = [{ name = \"memtomem\", specifier = \"==0.6.12\" }]\n").unwrap();
+        fs::write(
+            d.join("uv-receipt.toml"),
+            "[tool]\nrequirements = [{ name = \"memtomem\", specifier = \"==0.6.12\" }]\n",
+        )
+        .unwrap();
         assert!(receipt_extras(tmp.path()).is_empty());
-        fs::write(d.join("uv-receipt.toml"), "[tool]\nrequirements = [\"memtomem[web,onnx]==0.1\"]\n").unwrap();
+        fs::write(
+            d.join("uv-receipt.toml"),
+            "[tool]\nrequirements = [\"memtomem[web,onnx]==0.1\"]\n",
+        )
+        .unwrap();
         assert_eq!(receipt_extras(tmp.path()), vec!["web", "onnx"]);
         fs::write(d.join("uv-receipt.toml"), "not toml [[[").unwrap();
         assert!(receipt_extras(tmp.path()).is_empty());
@@ -300,29 +405,83 @@ mod tests {
         assert!(parse_extras_flag(" NONE ").is_empty());
         assert_eq!(parse_extras_flag("onnx, Web,,"), vec!["onnx", "Web"]);
         assert_eq!(package_spec(&[], None), "memtomem");
-        assert_eq!(package_spec(&["all".into()], Some("0.1.32")), "memtomem[all]==0.1.32");
-        assert_eq!(install_args("memtomem==1", true), vec!["tool", "install", "--offline", "--reinstall-package", "memtomem", "memtomem==1"]);
-        assert_eq!(install_args("memtomem", false), vec!["tool", "install", "--refresh", "--reinstall", "memtomem"]);
+        assert_eq!(
+            package_spec(&["all".into()], Some("0.1.32")),
+            "memtomem[all]==0.1.32"
+        );
+        assert_eq!(
+            install_args("memtomem==1", true),
+            vec![
+                "tool",
+                "install",
+                "--offline",
+                "--reinstall-package",
+                "memtomem",
+                "memtomem==1"
+            ]
+        );
+        assert_eq!(
+            install_args("memtomem", false),
+            vec!["tool", "install", "--refresh", "--reinstall", "memtomem"]
+        );
     }
 
     #[test]
     fn version_from_dist_info() {
         let tmp = tempfile::tempdir().unwrap();
-        let site = tmp.path().join("memtomem/lib/python3.12/site-packages/memtomem-0.6.12.dist-info");
+        let site = tmp
+            .path()
+            .join("memtomem/lib/python3.12/site-packages/memtomem-0.6.12.dist-info");
         fs::create_dir_all(&site).unwrap();
         assert_eq!(installed_version(tmp.path()).as_deref(), Some("0.6.12"));
     }
 
     #[test]
     fn uv_errors_are_distinct() {
-        let missing = Uv::locate(Some(Path::new("/nonexistent/uv")), None, Duration::from_secs(1)).unwrap_err();
+        let missing = Uv::locate(
+            Some(Path::new("/nonexistent/uv")),
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert!(matches!(missing, UvError::Missing(_)));
-        let sh = Uv { program: "/bin/sh".into(), timeout: Duration::from_secs(5) };
-        let err = sh.run("x", &["-c".into(), "echo boom >&2; exit 3".into()], &[], Duration::from_secs(5)).unwrap_err();
-        assert_eq!(err, UvError::Failed { what: "x".into(), code: 3, stderr: "boom\n".into() });
-        let err = sh.run("x", &["-c".into(), "sleep 30".into()], &[], Duration::from_millis(200)).unwrap_err();
+        let sh = Uv {
+            program: "/bin/sh".into(),
+            timeout: Duration::from_secs(5),
+        };
+        let err = sh
+            .run(
+                "x",
+                &["-c".into(), "echo boom >&2; exit 3".into()],
+                &[],
+                Duration::from_secs(5),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            UvError::Failed {
+                what: "x".into(),
+                code: 3,
+                stderr: "boom\n".into()
+            }
+        );
+        let err = sh
+            .run(
+                "x",
+                &["-c".into(), "sleep 30".into()],
+                &[],
+                Duration::from_millis(200),
+            )
+            .unwrap_err();
         assert!(matches!(err, UvError::Timeout { .. }));
-        let ok = sh.run("x", &["-c".into(), "echo hi".into()], &[], Duration::from_secs(5)).unwrap();
+        let ok = sh
+            .run(
+                "x",
+                &["-c".into(), "echo hi".into()],
+                &[],
+                Duration::from_secs(5),
+            )
+            .unwrap();
         assert_eq!(ok.stdout, "hi\n");
     }
 }

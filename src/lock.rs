@@ -20,7 +20,13 @@ pub fn acquire(dir: &Path, euid: u32) -> Result<Option<File>, String> {
             fs::DirBuilder::new()
                 .mode(0o700)
                 .create(dir)
-                .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| format!("cannot create runtime directory {}: {e}", dir.display()))?;
             // mkdir honours the umask; force 0700 as memtomem does.
             let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
@@ -44,14 +50,18 @@ pub fn acquire(dir: &Path, euid: u32) -> Result<Option<File>, String> {
         Ok(true) => {
             let _ = file.set_len(0);
             let _ = file.rewind();
-            let _ = write!(file, "{}\n", std::process::id());
+            let _ = writeln!(file, "{}", std::process::id());
             Ok(Some(file))
         }
         Ok(false) => {
             let mut s = String::new();
             let _ = file.read_to_string(&mut s);
             let who = s.trim();
-            let who = if who.is_empty() { String::new() } else { format!(" (pid {who})") };
+            let who = if who.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {who})")
+            };
             Err(format!(
                 "another mm-upgrade{who} is running (it holds {}); wait for it to finish",
                 path.display()
@@ -72,7 +82,10 @@ mod tests {
         let euid = crate::sys::euid();
         let first = acquire(&dir, euid).unwrap().expect("lock taken");
         let err = acquire(&dir, euid).unwrap_err();
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
         assert!(acquire(&dir, euid).unwrap().is_some());
     }

@@ -85,18 +85,29 @@ impl PathEnv {
     /// The ordered, de-duplicated candidate list (contract §1.3).
     pub fn runtime_dirs(&self) -> Vec<RuntimeDir> {
         if let Some(dir) = &self.runtime_override {
-            return vec![RuntimeDir { path: dir.clone(), canonical: true }];
+            return vec![RuntimeDir {
+                path: dir.clone(),
+                canonical: true,
+            }];
         }
         let euid = self.euid;
-        let mut out = vec![RuntimeDir { path: canonical_runtime_dir(euid), canonical: true }];
+        let mut out = vec![RuntimeDir {
+            path: canonical_runtime_dir(euid),
+            canonical: true,
+        }];
         let tempdir_form = self.tempdir().join(format!("memtomem-{euid}"));
         let env_derived = match &self.xdg_runtime_dir {
-            Some(x) if !x.is_empty() && is_safe_dir(Path::new(x), euid) => Path::new(x).join("memtomem"),
+            Some(x) if !x.is_empty() && is_safe_dir(Path::new(x), euid) => {
+                Path::new(x).join("memtomem")
+            }
             _ => tempdir_form.clone(),
         };
         let mut push = |p: PathBuf| {
             if !out.iter().any(|d| d.path == p) {
-                out.push(RuntimeDir { path: p, canonical: false });
+                out.push(RuntimeDir {
+                    path: p,
+                    canonical: false,
+                });
             }
         };
         push(env_derived);
@@ -133,7 +144,11 @@ impl PathEnv {
     pub fn store_text(&self) -> String {
         match &self.store_env {
             Some(s) if !s.is_empty() => s.to_string_lossy().into_owned(),
-            _ => self.home.join(".memtomem/memtomem.db").to_string_lossy().into_owned(),
+            _ => self
+                .home
+                .join(".memtomem/memtomem.db")
+                .to_string_lossy()
+                .into_owned(),
         }
     }
 
@@ -239,7 +254,10 @@ pub fn is_server_pid_name(name: &str) -> bool {
 /// Quote a path for a shell, so messages can be pasted.
 pub fn shell_quote(p: &Path) -> String {
     let s = p.to_string_lossy();
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b))
+    {
         s.into_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -259,14 +277,26 @@ mod tests {
             tmpdir: Some("/nonexistent-tmp".into()),
             ..Default::default()
         };
-        assert_eq!(env.runtime_dirs()[0].path, PathBuf::from("/tmp/memtomem-1234"));
+        assert_eq!(
+            env.runtime_dirs()[0].path,
+            PathBuf::from("/tmp/memtomem-1234")
+        );
         assert!(env.runtime_dirs()[0].canonical);
     }
 
     #[test]
     fn override_is_the_only_candidate() {
-        let env = PathEnv { runtime_override: Some("/x/y".into()), ..Default::default() };
-        assert_eq!(env.runtime_dirs(), vec![RuntimeDir { path: "/x/y".into(), canonical: true }]);
+        let env = PathEnv {
+            runtime_override: Some("/x/y".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            env.runtime_dirs(),
+            vec![RuntimeDir {
+                path: "/x/y".into(),
+                canonical: true
+            }]
+        );
     }
 
     #[test]
@@ -275,11 +305,20 @@ mod tests {
         let home = fs::canonicalize(home.path()).unwrap();
         let text = home.join(".memtomem/memtomem.db");
         let expected = format!("{:x}", Sha256::digest(text.to_str().unwrap().as_bytes()));
-        assert_eq!(store_digest(text.to_str().unwrap(), &home).unwrap(), expected[..16]);
+        assert_eq!(
+            store_digest(text.to_str().unwrap(), &home).unwrap(),
+            expected[..16]
+        );
         // `~`, `..` and absolute spellings name one store.
-        assert_eq!(store_digest("~/.memtomem/memtomem.db", &home), store_digest(text.to_str().unwrap(), &home));
+        assert_eq!(
+            store_digest("~/.memtomem/memtomem.db", &home),
+            store_digest(text.to_str().unwrap(), &home)
+        );
         let dotted = home.join(".memtomem/../.memtomem/memtomem.db");
-        assert_eq!(store_digest(dotted.to_str().unwrap(), &home), store_digest(text.to_str().unwrap(), &home));
+        assert_eq!(
+            store_digest(dotted.to_str().unwrap(), &home),
+            store_digest(text.to_str().unwrap(), &home)
+        );
     }
 
     #[test]
@@ -309,16 +348,31 @@ mod tests {
         assert_eq!(validate_runtime_dir(&d, euid), Ok(false));
         fs::create_dir(&d).unwrap();
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(validate_runtime_dir(&d, euid), Err(DirProblem::UnsafePermissions(0o755)));
+        assert_eq!(
+            validate_runtime_dir(&d, euid),
+            Err(DirProblem::UnsafePermissions(0o755))
+        );
         fs::set_permissions(&d, fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(validate_runtime_dir(&d, euid), Err(DirProblem::MissingOwnerAccess(0o600)));
+        assert_eq!(
+            validate_runtime_dir(&d, euid),
+            Err(DirProblem::MissingOwnerAccess(0o600))
+        );
         fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
         assert_eq!(validate_runtime_dir(&d, euid), Ok(true));
-        assert_eq!(validate_runtime_dir(&d, euid + 1), Err(DirProblem::WrongOwner(euid)));
+        assert_eq!(
+            validate_runtime_dir(&d, euid + 1),
+            Err(DirProblem::WrongOwner(euid))
+        );
         symlink(&d, tmp.path().join("ln")).unwrap();
-        assert_eq!(validate_runtime_dir(&tmp.path().join("ln"), euid), Err(DirProblem::Symlink));
+        assert_eq!(
+            validate_runtime_dir(&tmp.path().join("ln"), euid),
+            Err(DirProblem::Symlink)
+        );
         fs::write(tmp.path().join("f"), b"").unwrap();
-        assert_eq!(validate_runtime_dir(&tmp.path().join("f"), euid), Err(DirProblem::NotDirectory));
+        assert_eq!(
+            validate_runtime_dir(&tmp.path().join("f"), euid),
+            Err(DirProblem::NotDirectory)
+        );
     }
 
     #[test]

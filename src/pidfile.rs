@@ -54,7 +54,11 @@ fn python_int(s: &str) -> Option<i64> {
         b'+' => (false, &s[1..]),
         _ => (false, s),
     };
-    if digits.is_empty() || digits.starts_with('_') || digits.ends_with('_') || digits.contains("__") {
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
         return None;
     }
     let cleaned: String = digits.chars().filter(|c| *c != '_').collect();
@@ -68,20 +72,32 @@ fn python_int(s: &str) -> Option<i64> {
 /// Parse payload bytes the way upstream does (positional lines).
 pub fn parse_payload(bytes: &[u8]) -> Payload {
     if bytes.len() > PAYLOAD_CAP {
-        return Payload { unreadable: Some(format!("payload larger than {PAYLOAD_CAP} bytes")), ..Default::default() };
+        return Payload {
+            unreadable: Some(format!("payload larger than {PAYLOAD_CAP} bytes")),
+            ..Default::default()
+        };
     }
     let Ok(text) = std::str::from_utf8(bytes) else {
-        return Payload { unreadable: Some("payload is not UTF-8".into()), ..Default::default() };
+        return Payload {
+            unreadable: Some("payload is not UTF-8".into()),
+            ..Default::default()
+        };
     };
     if text.trim().is_empty() {
-        return Payload { unreadable: Some("payload is empty".into()), ..Default::default() };
+        return Payload {
+            unreadable: Some("payload is empty".into()),
+            ..Default::default()
+        };
     }
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     let pid = lines.first().and_then(|l| python_int(l));
     Payload {
         pid,
         port: lines.get(1).and_then(|l| python_int(l)),
-        started: lines.get(2).filter(|l| !l.is_empty()).map(|l| l.to_string()),
+        started: lines
+            .get(2)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.to_string()),
         unreadable: pid.is_none().then(|| "first line is not an integer".into()),
     }
 }
@@ -147,16 +163,27 @@ fn probe_inner(path: &Path) -> Result<Probe, String> {
     let pmeta = match fs::symlink_metadata(parent) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
-        Err(e) => return Err(format!("cannot inspect pid parent {}: {e}", parent.display())),
+        Err(e) => {
+            return Err(format!(
+                "cannot inspect pid parent {}: {e}",
+                parent.display()
+            ))
+        }
     };
     if pmeta.file_type().is_symlink() {
         return match fs::metadata(parent) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Missing),
-            _ => Err(format!("pid parent {} is redirected or not a directory", parent.display())),
+            _ => Err(format!(
+                "pid parent {} is redirected or not a directory",
+                parent.display()
+            )),
         };
     }
     if !pmeta.is_dir() {
-        return Err(format!("pid parent {} is redirected or not a directory", parent.display()));
+        return Err(format!(
+            "pid parent {} is redirected or not a directory",
+            parent.display()
+        ));
     }
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -165,16 +192,26 @@ fn probe_inner(path: &Path) -> Result<Probe, String> {
     };
     if !meta.file_type().is_file() {
         let what = file_kind(&meta);
-        return Err(format!("pid path {} is not a regular file ({what})", path.display()));
+        return Err(format!(
+            "pid path {} is not a regular file ({what})",
+            path.display()
+        ));
     }
     let before = identity(&meta);
     let pid_before = identity(&pmeta);
-    let mut file = open_nofollow(path).map_err(|e| format!("cannot open pid path {}: {e}", path.display()))?;
+    let mut file =
+        open_nofollow(path).map_err(|e| format!("cannot open pid path {}: {e}", path.display()))?;
     check_identity(&file, path, before, parent, pid_before)?;
     let mut buf = Vec::with_capacity(64);
-    let payload = match (&mut file).take(PAYLOAD_CAP as u64 + 1).read_to_end(&mut buf) {
+    let payload = match (&mut file)
+        .take(PAYLOAD_CAP as u64 + 1)
+        .read_to_end(&mut buf)
+    {
         Ok(_) => parse_payload(&buf),
-        Err(e) => Payload { unreadable: Some(format!("read failed: {e}")), ..Default::default() },
+        Err(e) => Payload {
+            unreadable: Some(format!("read failed: {e}")),
+            ..Default::default()
+        },
     };
     let _ = file.rewind();
     let contended = match try_flock(&file, libc::LOCK_EX) {
@@ -184,10 +221,16 @@ fn probe_inner(path: &Path) -> Result<Probe, String> {
     };
     check_identity(&file, path, before, parent, pid_before)?;
     if contended {
-        Ok(Probe::Held { payload, id: before })
+        Ok(Probe::Held {
+            payload,
+            id: before,
+        })
     } else {
         unlock(&file);
-        Ok(Probe::Stale { payload, id: before })
+        Ok(Probe::Stale {
+            payload,
+            id: before,
+        })
     }
 }
 
@@ -219,7 +262,13 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn check_identity(file: &File, path: &Path, id: FileId, parent: &Path, parent_id: FileId) -> Result<(), String> {
+fn check_identity(
+    file: &File,
+    path: &Path,
+    id: FileId,
+    parent: &Path,
+    parent_id: FileId,
+) -> Result<(), String> {
     let changed = || format!("pid path {} changed identity during probe", path.display());
     let fmeta = file.metadata().map_err(|_| changed())?;
     if !fmeta.is_file() || identity(&fmeta) != id {
@@ -227,7 +276,12 @@ fn check_identity(file: &File, path: &Path, id: FileId, parent: &Path, parent_id
     }
     match fs::symlink_metadata(parent) {
         Ok(m) if m.is_dir() && identity(&m) == parent_id => {}
-        _ => return Err(format!("pid parent {} is redirected or not a directory", parent.display())),
+        _ => {
+            return Err(format!(
+                "pid parent {} is redirected or not a directory",
+                parent.display()
+            ))
+        }
     }
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() && identity(&m) == id => Ok(()),
@@ -267,8 +321,11 @@ pub enum LegacyMode {
 
 /// Classify a held legacy pid file by trying a shared lock.
 pub fn classify_legacy(path: &Path, id: FileId) -> Result<LegacyMode, String> {
-    let file = open_nofollow(path).map_err(|e| format!("legacy lock classification failed: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("legacy lock classification failed: {e}"))?;
+    let file =
+        open_nofollow(path).map_err(|e| format!("legacy lock classification failed: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("legacy lock classification failed: {e}"))?;
     if identity(&meta) != id {
         return Err("legacy lock classification failed: file changed identity".into());
     }
@@ -301,7 +358,11 @@ pub fn unlink_if_stale(path: &Path) -> Result<Unlink, String> {
         Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
     };
     if !meta.file_type().is_file() {
-        return Err(format!("{} is not a regular file ({}); not removing it", path.display(), file_kind(&meta)));
+        return Err(format!(
+            "{} is not a regular file ({}); not removing it",
+            path.display(),
+            file_kind(&meta)
+        ));
     }
     let file = match open_nofollow(path) {
         Ok(f) => f,
@@ -346,9 +407,16 @@ pub fn parse_marker_name(name: &str) -> Option<MarkerName> {
     if parts.len() != 5 {
         return None;
     }
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     let dec = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !(dec(parts[0]) && dec(parts[1]) && hex(parts[2], 16) && hex(parts[3], 8) && hex(parts[4], 8)) {
+    if !(dec(parts[0])
+        && dec(parts[1])
+        && hex(parts[2], 16)
+        && hex(parts[3], 8)
+        && hex(parts[4], 8))
+    {
         return None;
     }
     Some(MarkerName {
@@ -362,7 +430,9 @@ pub fn parse_marker_name(name: &str) -> Option<MarkerName> {
 /// Shorten a path under HOME to `~/…` for human output.
 pub fn tilde(path: &Path, home: &Path) -> String {
     match path.strip_prefix(home) {
-        Ok(rest) if !home.as_os_str().is_empty() && home != Path::new("/") => format!("~/{}", rest.display()),
+        Ok(rest) if !home.as_os_str().is_empty() && home != Path::new("/") => {
+            format!("~/{}", rest.display())
+        }
         _ => path.display().to_string(),
     }
 }
@@ -410,7 +480,9 @@ mod tests {
         assert!(parse_payload(b"").unreadable.is_some());
         assert!(parse_payload(b"garbage\n").unreadable.is_some());
         assert!(parse_payload(&[0xff, 0xfe, b'\n']).unreadable.is_some());
-        assert!(parse_payload(&vec![b'1'; PAYLOAD_CAP + 1]).unreadable.is_some());
+        assert!(parse_payload(&vec![b'1'; PAYLOAD_CAP + 1])
+            .unreadable
+            .is_some());
         assert_eq!(parse_payload(b"123").pid, Some(123));
     }
 
@@ -466,7 +538,9 @@ mod tests {
         fs::write(&target, b"4242\n").unwrap();
         let link = tmp.path().join("server.pid");
         symlink(&target, &link).unwrap();
-        assert!(matches!(probe(&link), Probe::Unverifiable { reason } if reason.contains("symlink")));
+        assert!(
+            matches!(probe(&link), Probe::Unverifiable { reason } if reason.contains("symlink"))
+        );
         assert!(unlink_if_stale(&link).is_err());
         assert!(target.exists() && link.symlink_metadata().is_ok());
         let dangling = tmp.path().join("web.pid");
@@ -486,7 +560,9 @@ mod tests {
         fs::write(&path, b"4242").unwrap();
         let holder = File::open(&path).unwrap();
         assert!(try_flock(&holder, libc::LOCK_SH).unwrap());
-        let Probe::Held { id, .. } = probe(&path) else { panic!("shared holder must read as held") };
+        let Probe::Held { id, .. } = probe(&path) else {
+            panic!("shared holder must read as held")
+        };
         assert_eq!(classify_legacy(&path, id), Ok(LegacyMode::Shared));
         unlock(&holder);
         assert!(try_flock(&holder, libc::LOCK_EX).unwrap());

@@ -23,9 +23,19 @@ pub struct Plan {
     pub prepare: bool,
 }
 
-pub fn plan(inv: &Inventory, extras: &[String], version: Option<&str>, prepare: bool, skip_pkill: bool) -> Plan {
+pub fn plan(
+    inv: &Inventory,
+    extras: &[String],
+    version: Option<&str>,
+    prepare: bool,
+    skip_pkill: bool,
+) -> Plan {
     let targets: Vec<Instance> = inv.targets().cloned().collect();
-    let (stops, kept) = if skip_pkill { (vec![], targets) } else { (targets, vec![]) };
+    let (stops, kept) = if skip_pkill {
+        (vec![], targets)
+    } else {
+        (targets, vec![])
+    };
     Plan {
         stops,
         kept,
@@ -69,7 +79,11 @@ pub fn stop_targets(instances: &[Instance], protected: &[Pid]) -> Vec<StopTarget
     targets_from_table(instances, protected, &table)
 }
 
-pub fn targets_from_table(instances: &[Instance], protected: &[Pid], table: &[ProcStat]) -> Vec<StopTarget> {
+pub fn targets_from_table(
+    instances: &[Instance],
+    protected: &[Pid],
+    table: &[ProcStat],
+) -> Vec<StopTarget> {
     let mut out: Vec<StopTarget> = Vec::new();
     let mut push = |t: StopTarget| {
         if t.pid > 1 && !protected.contains(&t.pid) && !out.iter().any(|o| o.pid == t.pid) {
@@ -78,9 +92,17 @@ pub fn targets_from_table(instances: &[Instance], protected: &[Pid], table: &[Pr
     };
     for i in instances {
         let Some(pid) = i.pid else { continue };
-        push(StopTarget { pid, start_ticks: i.start_ticks, role: i.role.label().to_string() });
+        push(StopTarget {
+            pid,
+            start_ticks: i.start_ticks,
+            role: i.role.label().to_string(),
+        });
         for d in sys::descendants(table, pid) {
-            push(StopTarget { pid: d.pid, start_ticks: d.start_ticks, role: format!("descendant of {pid}") });
+            push(StopTarget {
+                pid: d.pid,
+                start_ticks: d.start_ticks,
+                role: format!("descendant of {pid}"),
+            });
         }
     }
     out
@@ -95,7 +117,10 @@ mod tests {
     fn inst(pid: Option<Pid>, problem: Option<&str>) -> Instance {
         Instance {
             role: Role::Server,
-            source: Some(PathBuf::from(format!("/rt/server-{:016x}.pid", pid.unwrap_or(0)))),
+            source: Some(PathBuf::from(format!(
+                "/rt/server-{:016x}.pid",
+                pid.unwrap_or(0)
+            ))),
             pid,
             start_ticks: 10,
             ppid: 1,
@@ -103,31 +128,74 @@ mod tests {
             evidence: vec![],
             problem: problem.map(str::to_string),
             gap: false,
-            file_id: Some(crate::sys::FileId { dev: 1, ino: pid.unwrap_or(0) as u64 }),
+            file_id: Some(crate::sys::FileId {
+                dev: 1,
+                ino: pid.unwrap_or(0) as u64,
+            }),
         }
     }
 
     fn st(pid: Pid, ppid: Pid) -> ProcStat {
-        ProcStat { pid, ppid, pgrp: ppid, session: 1, state: RunState::Live, start_ticks: 5, comm: "x".into() }
+        ProcStat {
+            pid,
+            ppid,
+            pgrp: ppid,
+            session: 1,
+            state: RunState::Live,
+            start_ticks: 5,
+            comm: "x".into(),
+        }
     }
 
     #[test]
     fn unattributed_locks_are_problems_not_targets() {
         let inv = Inventory {
-            instances: vec![inst(Some(100), None), inst(None, Some("live lock has no signalable PID"))],
-            stale: vec![StaleFile { path: "/rt/server.pid".into(), pid: Some(7) }],
+            instances: vec![
+                inst(Some(100), None),
+                inst(None, Some("live lock has no signalable PID")),
+            ],
+            stale: vec![StaleFile {
+                path: "/rt/server.pid".into(),
+                pid: Some(7),
+            }],
             ..Default::default()
         };
         let p = plan(&inv, &[], Some("0.6.12"), true, false);
-        assert_eq!(p.stops.iter().map(|i| i.pid).collect::<Vec<_>>(), vec![Some(100)]);
-        assert_eq!(p.problems, vec!["live lock has no signalable PID".to_string()]);
-        assert_eq!(p.would_remove(), vec![PathBuf::from("/rt/server-0000000000000064.pid"), PathBuf::from("/rt/server.pid")]);
-        assert_eq!(p.install_argv(), vec!["uv", "tool", "install", "--offline", "--reinstall-package", "memtomem", "memtomem==0.6.12"]);
+        assert_eq!(
+            p.stops.iter().map(|i| i.pid).collect::<Vec<_>>(),
+            vec![Some(100)]
+        );
+        assert_eq!(
+            p.problems,
+            vec!["live lock has no signalable PID".to_string()]
+        );
+        assert_eq!(
+            p.would_remove(),
+            vec![
+                PathBuf::from("/rt/server-0000000000000064.pid"),
+                PathBuf::from("/rt/server.pid")
+            ]
+        );
+        assert_eq!(
+            p.install_argv(),
+            vec![
+                "uv",
+                "tool",
+                "install",
+                "--offline",
+                "--reinstall-package",
+                "memtomem",
+                "memtomem==0.6.12"
+            ]
+        );
     }
 
     #[test]
     fn skip_pkill_keeps_everything_running() {
-        let inv = Inventory { instances: vec![inst(Some(100), None)], ..Default::default() };
+        let inv = Inventory {
+            instances: vec![inst(Some(100), None)],
+            ..Default::default()
+        };
         let p = plan(&inv, &["all".into()], None, false, true);
         assert!(p.stops.is_empty());
         assert_eq!(p.kept.len(), 1);
@@ -137,9 +205,18 @@ mod tests {
 
     #[test]
     fn descendants_follow_their_root_and_protected_pids_never_appear() {
-        let table = vec![st(100, 50), st(101, 100), st(102, 101), st(200, 50), st(50, 1)];
+        let table = vec![
+            st(100, 50),
+            st(101, 100),
+            st(102, 101),
+            st(200, 50),
+            st(50, 1),
+        ];
         let t = targets_from_table(&[inst(Some(100), None)], &[50], &table);
-        assert_eq!(t.iter().map(|t| t.pid).collect::<Vec<_>>(), vec![100, 101, 102]);
+        assert_eq!(
+            t.iter().map(|t| t.pid).collect::<Vec<_>>(),
+            vec![100, 101, 102]
+        );
         // The parent (an MCP client, pid 50) and its other child are untouched.
         let t = targets_from_table(&[inst(Some(50), None)], &[50], &table);
         assert!(!t.iter().any(|t| t.pid == 50));

@@ -32,7 +32,10 @@ impl Backup {
             return Ok(None);
         }
         let parent = tool_dir.parent().unwrap_or(tool_dir);
-        let root = tempfile::Builder::new().prefix(".mm-upgrade-rollback-").tempdir_in(parent)?.keep();
+        let root = tempfile::Builder::new()
+            .prefix(".mm-upgrade-rollback-")
+            .tempdir_in(parent)?
+            .keep();
         let copy = root.join(PACKAGE);
         if let Err(e) = link_tree(&env_dir, &copy) {
             let _ = fs::remove_dir_all(&root);
@@ -50,7 +53,12 @@ impl Backup {
                 }
             }
         }
-        Ok(Some(Backup { env_dir, copy, links, root }))
+        Ok(Some(Backup {
+            env_dir,
+            copy,
+            links,
+            root,
+        }))
     }
 
     /// Put the previous installation back exactly where it was.
@@ -91,7 +99,9 @@ fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
             link_tree(&entry.path(), &to)?;
         } else if ft.is_symlink() {
             symlink(fs::read_link(entry.path())?, &to)?;
-        } else if entry.metadata()?.len() < LINK_THRESHOLD || fs::hard_link(entry.path(), &to).is_err() {
+        } else if entry.metadata()?.len() < LINK_THRESHOLD
+            || fs::hard_link(entry.path(), &to).is_err()
+        {
             fs::copy(entry.path(), &to)?;
         }
     }
@@ -119,7 +129,10 @@ mod tests {
         let b2 = Backup::take(&tools, Some(&bin)).unwrap().unwrap();
         fs::write(env.join("uv-receipt.toml"), "[tool]\nnew = true\n").unwrap();
         b2.restore().unwrap();
-        assert_eq!(fs::read_to_string(env.join("uv-receipt.toml")).unwrap(), "[tool]\n");
+        assert_eq!(
+            fs::read_to_string(env.join("uv-receipt.toml")).unwrap(),
+            "[tool]\n"
+        );
         assert_eq!(fs::read(env.join("big.so")).unwrap().len(), 100_000);
         drop(b2);
         // The worst moment: uv deleted the environment and its links, then failed.
@@ -127,7 +140,10 @@ mod tests {
         fs::remove_file(bin.join("memtomem-server")).unwrap();
         fs::create_dir_all(env.join("half-built")).unwrap();
         b.restore().unwrap();
-        assert_eq!(fs::read_to_string(bin.join("memtomem-server")).unwrap(), "#!/bin/sh\necho old\n");
+        assert_eq!(
+            fs::read_to_string(bin.join("memtomem-server")).unwrap(),
+            "#!/bin/sh\necho old\n"
+        );
         assert!(!env.join("half-built").exists());
         let root = b.root.clone();
         drop(b);

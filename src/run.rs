@@ -35,7 +35,11 @@ impl Progress {
         out
     }
     fn removed_json(&self) -> Value {
-        json!(self.removed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())
+        json!(self
+            .removed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>())
     }
 }
 
@@ -50,7 +54,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn scope(&self, scan: bool) -> Scope<'_> {
-        Scope { env: &self.s.paths, install: &self.install, protected: &self.protected, scan_processes: scan }
+        Scope {
+            env: &self.s.paths,
+            install: &self.install,
+            protected: &self.protected,
+            scan_processes: scan,
+        }
     }
 
     fn inventory(&mut self, phase: &str) -> Inventory {
@@ -112,8 +121,22 @@ impl Ctx<'_> {
 /// Upstream's keys first, in upstream's order (scripts may rely on the
 /// order of a one-line document), then ours.
 const KEY_ORDER: &[&str] = &[
-    "ok", "dry_run", "cancelled", "inventory_complete", "would_kill", "would_remove", "would_install",
-    "error", "stderr", "killed", "removed", "reinstalled", "extras", "version", "db_lock_warning", "cleanup_complete",
+    "ok",
+    "dry_run",
+    "cancelled",
+    "inventory_complete",
+    "would_kill",
+    "would_remove",
+    "would_install",
+    "error",
+    "stderr",
+    "killed",
+    "removed",
+    "reinstalled",
+    "extras",
+    "version",
+    "db_lock_warning",
+    "cleanup_complete",
 ];
 
 fn ordered(doc: &Map<String, Value>) -> Map<String, Value> {
@@ -137,7 +160,10 @@ fn ordered(doc: &Map<String, Value>) -> Map<String, Value> {
 }
 
 fn join(pids: &[Pid]) -> String {
-    pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+    pids.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
@@ -176,19 +202,36 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     if let Some(uv) = &uv {
         match uv.tool_dirs() {
             Ok((dir, bin)) => {
-                cx.install = Installation { env_dir: Some(dir.join(install::PACKAGE)), bin_dir: bin };
+                cx.install = Installation {
+                    env_dir: Some(dir.join(install::PACKAGE)),
+                    bin_dir: bin,
+                };
                 tool_dir = Some(dir);
             }
-            Err(e) => cx.warnings.push(format!("cannot ask uv for its tool directory ({e}); extras not detected")),
+            Err(e) => cx.warnings.push(format!(
+                "cannot ask uv for its tool directory ({e}); extras not detected"
+            )),
         }
     }
     let (extras, extras_source) = match &s.extras {
         Some(e) => (e.clone(), "from --extras"),
-        None => (tool_dir.as_deref().map(install::receipt_extras).unwrap_or_default(), "auto-detected from uv tool receipt"),
+        None => (
+            tool_dir
+                .as_deref()
+                .map(install::receipt_extras)
+                .unwrap_or_default(),
+            "auto-detected from uv tool receipt",
+        ),
     };
 
     let inv = cx.inventory("initial");
-    let plan = plan::plan(&inv, &extras, s.version.as_deref(), !s.no_prepare, s.skip_pkill);
+    let plan = plan::plan(
+        &inv,
+        &extras,
+        s.version.as_deref(),
+        !s.no_prepare,
+        s.skip_pkill,
+    );
     render_plan(&mut cx, &plan, &extras, extras_source, s.extras.is_some());
 
     let problems = inv.all_problems();
@@ -197,14 +240,27 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         d.insert("ok".into(), json!(problems.is_empty()));
         d.insert("dry_run".into(), json!(true));
         d.insert("inventory_complete".into(), json!(problems.is_empty()));
-        d.insert("would_kill".into(), json!(plan.stops.iter().filter_map(|i| i.pid).collect::<Vec<_>>()));
-        d.insert("would_remove".into(), json!(plan.would_remove().iter().map(|p| p.display().to_string()).collect::<Vec<_>>()));
+        d.insert(
+            "would_kill".into(),
+            json!(plan.stops.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
+        );
+        d.insert(
+            "would_remove".into(),
+            json!(plan
+                .would_remove()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()),
+        );
         d.insert("would_install".into(), json!(plan.install_argv()));
         d.insert("extras".into(), json!(extras));
         d.insert("version".into(), json!(s.version));
         d.insert("processes".into(), json!(inv.instances));
         if !plan.kept.is_empty() {
-            d.insert("would_keep".into(), json!(plan.kept.iter().filter_map(|i| i.pid).collect::<Vec<_>>()));
+            d.insert(
+                "would_keep".into(),
+                json!(plan.kept.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
+            );
         }
         if !problems.is_empty() {
             let msg = refusal_text(&problems);
@@ -231,7 +287,8 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             Confirm::NotATerminal => {
                 return cx.fail(
                     exit::REFUSED,
-                    "Refusing to upgrade without confirmation in a non-interactive shell. Pass -y.".into(),
+                    "Refusing to upgrade without confirmation in a non-interactive shell. Pass -y."
+                        .into(),
                     None,
                 )
             }
@@ -245,15 +302,23 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     let mut prepared = false;
     if !s.no_prepare {
         let spec = install::package_spec(&extras, version.as_deref());
-        cx.ui.say(format!("Preparing {spec} (the running servers keep serving)…"));
+        cx.ui.say(format!(
+            "Preparing {spec} (the running servers keep serving)…"
+        ));
         match install::prepare(&uv, &spec) {
             Ok(p) => {
                 prepared = true;
                 if version.is_none() {
                     version = p.version.clone();
                 }
-                cx.ui.event("prepared", json!({"spec": spec, "version": p.version, "ms": p.elapsed.as_millis() as u64}));
-                cx.doc.insert("prepared".into(), json!({"version": p.version, "ms": p.elapsed.as_millis() as u64}));
+                cx.ui.event(
+                    "prepared",
+                    json!({"spec": spec, "version": p.version, "ms": p.elapsed.as_millis() as u64}),
+                );
+                cx.doc.insert(
+                    "prepared".into(),
+                    json!({"version": p.version, "ms": p.elapsed.as_millis() as u64}),
+                );
             }
             Err(e) => {
                 if let Some(err) = e.stderr() {
@@ -268,7 +333,10 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         }
     }
     let spec = install::package_spec(&extras, version.as_deref());
-    let cfg = StopConfig { grace: s.grace, kill_wait: Duration::from_secs(3) };
+    let cfg = StopConfig {
+        grace: s.grace,
+        kill_wait: Duration::from_secs(3),
+    };
     let mut progress = Progress::default();
 
     // Back up the installation so a failed install can be undone.
@@ -276,7 +344,9 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         (Some(dir), _) => match crate::rollback::Backup::take(dir, cx.install.bin_dir.as_deref()) {
             Ok(b) => b,
             Err(e) => {
-                cx.warnings.push(format!("no rollback copy of the installation could be made ({e})"));
+                cx.warnings.push(format!(
+                    "no rollback copy of the installation could be made ({e})"
+                ));
                 None
             }
         },
@@ -289,7 +359,10 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
                 "pid {} ({}{}) keeps running the old code (--skip-pkill)",
                 i.pid.unwrap_or(0),
                 i.role.label(),
-                i.source.as_ref().map(|p| format!(", {}", p.display())).unwrap_or_default()
+                i.source
+                    .as_ref()
+                    .map(|p| format!(", {}", p.display()))
+                    .unwrap_or_default()
             );
             cx.warnings.push(w);
         }
@@ -306,7 +379,13 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             let recs = stop_instances(&mut cx, &targets, cfg);
             let failed: Vec<String> = recs.iter().filter_map(|r| r.error.clone()).collect();
             progress.records.extend(recs);
-            clean::after_stop(&targets, &progress.records, &mut progress.removed, &mut cx.warnings, cx.ui);
+            clean::after_stop(
+                &targets,
+                &progress.records,
+                &mut progress.removed,
+                &mut cx.warnings,
+                cx.ui,
+            );
             if !failed.is_empty() {
                 return cx.fail(exit::PARTIAL, failed.join("; "), Some(&progress));
             }
@@ -334,9 +413,15 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     let install_started = Instant::now();
     let result = uv.run("uv tool install", &argv, &[], s.uv_timeout);
     let installed_ticks = sys::boot_ticks_now();
-    let window_ms = progress.first_signal.map(|t| t.elapsed().as_secs_f64() * 1000.0);
-    cx.doc.insert("install_ms".into(), json!((install_started.elapsed().as_secs_f64() * 1000.0).round()));
-    cx.doc.insert("downtime_ms".into(), json!(window_ms.map(|w| w.round())));
+    let window_ms = progress
+        .first_signal
+        .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+    cx.doc.insert(
+        "install_ms".into(),
+        json!((install_started.elapsed().as_secs_f64() * 1000.0).round()),
+    );
+    cx.doc
+        .insert("downtime_ms".into(), json!(window_ms.map(|w| w.round())));
     if let Err(e) = result {
         if let Some(err) = e.stderr() {
             cx.doc.insert("stderr".into(), json!(err));
@@ -358,12 +443,20 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             None => String::new(),
         };
         let head = match &e {
-            UvError::Missing(_) | UvError::Spawn { .. } | UvError::Timeout { .. } | UvError::Failed { .. } => e.to_string(),
+            UvError::Missing(_)
+            | UvError::Spawn { .. }
+            | UvError::Timeout { .. }
+            | UvError::Failed { .. } => e.to_string(),
         };
-        return cx.fail(exit::INSTALL_FAILED, format!("{head}.{tail}"), Some(&progress));
+        return cx.fail(
+            exit::INSTALL_FAILED,
+            format!("{head}.{tail}"),
+            Some(&progress),
+        );
     }
     drop(backup);
-    cx.ui.event("installed", json!({"spec": spec, "downtime_ms": window_ms}));
+    cx.ui
+        .event("installed", json!({"spec": spec, "downtime_ms": window_ms}));
 
     // Retire whatever of the old generation is still (or again) running.
     let mut remaining = Vec::new();
@@ -371,7 +464,9 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         for _ in 0..3 {
             let inv = cx.inventory("post-install");
             let (old, _new) = verify::split_generations(&inv, installed_ticks);
-            let problems = inv.all_problems();
+            // A process that started after the install runs the new code,
+            // whatever else is unclear about it.
+            let problems = verify::old_generation_problems(&inv, installed_ticks);
             if !problems.is_empty() {
                 cx.doc.insert("reinstalled".into(), json!(spec));
                 cx.doc.insert("cleanup_complete".into(), json!(false));
@@ -387,7 +482,13 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             }
             let recs = stop_instances(&mut cx, &old, cfg);
             progress.records.extend(recs);
-            clean::after_stop(&old, &progress.records, &mut progress.removed, &mut cx.warnings, cx.ui);
+            clean::after_stop(
+                &old,
+                &progress.records,
+                &mut progress.removed,
+                &mut cx.warnings,
+                cx.ui,
+            );
             remaining = old;
         }
         if !remaining.is_empty() {
@@ -422,9 +523,16 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         }
     }
 
-    let db_holder = s.paths.store_path().and_then(|db| crate::dblock::write_lock_holder(&db).map(|pid| (db, pid)));
+    let db_holder = s
+        .paths
+        .store_path()
+        .and_then(|db| crate::dblock::write_lock_holder(&db).map(|pid| (db, pid)));
     if let Some((db, pid)) = &db_holder {
-        let who = if *pid > 0 { format!("pid {pid}") } else { "another process".into() };
+        let who = if *pid > 0 {
+            format!("pid {pid}")
+        } else {
+            "another process".into()
+        };
         cx.warnings.push(format!(
             "{who} still holds a write lock on {} — it keeps running the previous version until it exits; restart it",
             db.display()
@@ -447,7 +555,10 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         d.insert("verified".into(), verified);
     }
     if s.skip_pkill {
-        d.insert("kept".into(), json!(plan.kept.iter().filter_map(|i| i.pid).collect::<Vec<_>>()));
+        d.insert(
+            "kept".into(),
+            json!(plan.kept.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
+        );
     }
     match killed.as_slice() {
         [] => {}
@@ -457,21 +568,32 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     for r in progress.removed.clone() {
         cx.ui.say(format!("Removed {}.", r.display()));
     }
-    let window = window_ms.map(|w| format!(" (servers down for {w:.0} ms)")).unwrap_or_default();
+    let window = window_ms
+        .map(|w| format!(" (servers down for {w:.0} ms)"))
+        .unwrap_or_default();
     cx.ui.say(format!("Reinstalled {spec}{window}."));
     cx.finish(exit::OK)
 }
 
-fn stop_instances(cx: &mut Ctx, instances: &[discover::Instance], cfg: StopConfig) -> Vec<StopRecord> {
+fn stop_instances(
+    cx: &mut Ctx,
+    instances: &[discover::Instance],
+    cfg: StopConfig,
+) -> Vec<StopRecord> {
     let targets = plan::stop_targets(instances, &cx.protected);
     for t in &targets {
-        cx.ui.event("signalling", json!({"pid": t.pid, "role": t.role}));
+        cx.ui
+            .event("signalling", json!({"pid": t.pid, "role": t.role}));
     }
     let recs = stop::stop_all(&RealOps::default(), &targets, cfg);
     for r in &recs {
-        cx.ui.event("signalled", json!({"pid": r.pid, "signals": r.signals, "via": r.via}));
+        cx.ui.event(
+            "signalled",
+            json!({"pid": r.pid, "signals": r.signals, "via": r.via}),
+        );
         if r.escalated.is_some() {
-            cx.ui.event("escalated", json!({"pid": r.pid, "why": r.escalated}));
+            cx.ui
+                .event("escalated", json!({"pid": r.pid, "why": r.escalated}));
         }
         cx.ui.event("exited", json!({"pid": r.pid, "confirmed_by": r.confirmed_by, "after_ms": r.after_ms, "error": r.error}));
     }
@@ -498,16 +620,26 @@ fn render_plan(cx: &mut Ctx, plan: &Plan, extras: &[String], source: &str, expli
     for i in &plan.stops {
         let pid = i.pid.map_or("?".into(), |p| p.to_string());
         let lock = i.source.as_deref().map_or("no pid file".into(), t);
-        lines.push(format!("  Stop running {} (pid {pid}, {lock})", i.role.label()));
+        lines.push(format!(
+            "  Stop running {} (pid {pid}, {lock})",
+            i.role.label()
+        ));
         for e in &i.evidence {
             lines.push(format!("      evidence: {e}"));
         }
     }
     if !plan.stops.is_empty() {
-        lines.push(format!("  Wait up to {}s for graceful exit, then SIGKILL", fmt_secs(cx.s.grace)));
+        lines.push(format!(
+            "  Wait up to {}s for graceful exit, then SIGKILL",
+            fmt_secs(cx.s.grace)
+        ));
     }
     for i in &plan.kept {
-        lines.push(format!("  Keep running {} (pid {}) on old code (--skip-pkill)", i.role.label(), i.pid.unwrap_or(0)));
+        lines.push(format!(
+            "  Keep running {} (pid {}) on old code (--skip-pkill)",
+            i.role.label(),
+            i.pid.unwrap_or(0)
+        ));
     }
     if plan.stops.is_empty() && plan.kept.is_empty() {
         lines.push("  No running server or web UI detected — reinstall only".into());
@@ -521,10 +653,16 @@ fn render_plan(cx: &mut Ctx, plan: &Plan, extras: &[String], source: &str, expli
         lines.push("  Extras: none detected (bare install)".into());
     }
     if plan.prepare {
-        lines.push(format!("  Prepare first: resolve and download {} while servers still run", plan.spec));
+        lines.push(format!(
+            "  Prepare first: resolve and download {} while servers still run",
+            plan.spec
+        ));
     }
     lines.push(format!("  Reinstall: {}", plan.install_argv().join(" ")));
-    lines.push("  Recycle any server or Web UI process of the old generation present after reinstall".into());
+    lines.push(
+        "  Recycle any server or Web UI process of the old generation present after reinstall"
+            .into(),
+    );
     let problems = plan.problems.clone();
     if !problems.is_empty() {
         lines.push("  Inventory diagnostics:".into());

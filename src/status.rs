@@ -15,8 +15,14 @@ use crate::{exit, install, pidfile, sys};
 
 /// Wall-clock seconds at boot, precise to the clock (not /proc/stat's 1 s).
 fn boot_wall_secs() -> f64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     now - (ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
@@ -27,23 +33,34 @@ pub fn start_wall_secs(start_ticks: u64) -> f64 {
 }
 
 fn fmt_wall(secs: f64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos((secs * 1e9) as i128).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos((secs * 1e9) as i128)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     pidfile::format_stamp(t)
 }
 
 /// When the installed version was installed: the receipt's mtime (uv writes
 /// it at the end of every install).
 pub fn install_time(env_dir: &Path) -> Option<f64> {
-    let m = fs::metadata(env_dir.join("uv-receipt.toml")).ok()?.modified().ok()?;
+    let m = fs::metadata(env_dir.join("uv-receipt.toml"))
+        .ok()?
+        .modified()
+        .ok()?;
     Some(m.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
 pub fn run(common: &Common) -> u8 {
     let env = path_env(common);
     let mut warnings: Vec<String> = Vec::new();
-    let install = match install::Uv::locate(common.uv.as_deref(), std::env::var_os("PATH").as_deref(), std::time::Duration::from_secs(10)) {
+    let install = match install::Uv::locate(
+        common.uv.as_deref(),
+        std::env::var_os("PATH").as_deref(),
+        std::time::Duration::from_secs(10),
+    ) {
         Ok(uv) => match uv.tool_dirs() {
-            Ok((dir, bin)) => Installation { env_dir: Some(dir.join(install::PACKAGE)), bin_dir: bin },
+            Ok((dir, bin)) => Installation {
+                env_dir: Some(dir.join(install::PACKAGE)),
+                bin_dir: bin,
+            },
             Err(e) => {
                 warnings.push(format!("cannot ask uv for its tool directory ({e})"));
                 Installation::default()
@@ -55,9 +72,18 @@ pub fn run(common: &Common) -> u8 {
         }
     };
     let protected = sys::self_and_ancestors();
-    let inv = discover::discover(&Scope { env: &env, install: &install, protected: &protected, scan_processes: true });
+    let inv = discover::discover(&Scope {
+        env: &env,
+        install: &install,
+        protected: &protected,
+        scan_processes: true,
+    });
     let installed_at = install.env_dir.as_deref().and_then(install_time);
-    let version = install.env_dir.as_deref().and_then(|d| d.parent()).and_then(install::installed_version);
+    let version = install
+        .env_dir
+        .as_deref()
+        .and_then(|d| d.parent())
+        .and_then(install::installed_version);
     let mut procs = Vec::new();
     let mut stale_count = 0;
     for i in &inv.instances {
@@ -70,7 +96,11 @@ pub fn run(common: &Common) -> u8 {
             // as the receipt write is ambiguous and counted as stale.
             if started <= at + 1.0 / sys::clock_ticks() as f64 {
                 stale = true;
-                evidence.push(format!("started {} before the install at {}", fmt_wall(started), fmt_wall(at)));
+                evidence.push(format!(
+                    "started {} before the install at {}",
+                    fmt_wall(started),
+                    fmt_wall(at)
+                ));
             }
         }
         if let Some(env_dir) = &install.env_dir {
@@ -81,7 +111,11 @@ pub fn run(common: &Common) -> u8 {
                 .collect();
             if !deleted.is_empty() {
                 stale = true;
-                evidence.push(format!("maps {} deleted file(s) of the installation, e.g. {}", deleted.len(), deleted[0]));
+                evidence.push(format!(
+                    "maps {} deleted file(s) of the installation, e.g. {}",
+                    deleted.len(),
+                    deleted[0]
+                ));
             }
         }
         if stale {
@@ -100,7 +134,11 @@ pub fn run(common: &Common) -> u8 {
     let problems = inv.all_problems();
     let db = env.store_path();
     let writer = db.as_deref().and_then(crate::dblock::write_lock_holder);
-    let code = if stale_count > 0 { exit::VERIFY_FAILED } else { exit::OK };
+    let code = if stale_count > 0 {
+        exit::VERIFY_FAILED
+    } else {
+        exit::OK
+    };
     if common.json {
         let doc = json!({
             "processes": procs,
@@ -117,7 +155,9 @@ pub fn run(common: &Common) -> u8 {
         println!(
             "memtomem {} installed {}",
             version.as_deref().unwrap_or("(unknown version)"),
-            installed_at.map(fmt_wall).unwrap_or_else(|| "(unknown time)".into())
+            installed_at
+                .map(fmt_wall)
+                .unwrap_or_else(|| "(unknown time)".into())
         );
         if procs.is_empty() {
             println!("No memtomem process is running.");

@@ -81,7 +81,9 @@ pub struct RealOps {
 
 impl Default for RealOps {
     fn default() -> Self {
-        RealOps { epoch: Instant::now() }
+        RealOps {
+            epoch: Instant::now(),
+        }
     }
 }
 
@@ -91,7 +93,9 @@ impl ProcessOps for RealOps {
         ProcHandle::open(pid, start_ticks)
     }
     fn state(&self, h: &ProcHandle) -> Option<RunState> {
-        sys::proc_stat(h.pid).filter(|s| s.start_ticks == h.start_ticks).map(|s| s.state)
+        sys::proc_stat(h.pid)
+            .filter(|s| s.start_ticks == h.start_ticks)
+            .map(|s| s.state)
     }
     fn ignores(&self, h: &ProcHandle, sig: i32) -> bool {
         sys::proc_status(h.pid).is_some_and(|s| s.sig_ign & sys::sig_bit(sig) != 0)
@@ -140,7 +144,11 @@ struct Live<H> {
 
 /// Stop every target concurrently: signal all, then wait on all at once, so
 /// eight servers cost one grace period, not eight.
-pub fn stop_all<O: ProcessOps>(ops: &O, targets: &[StopTarget], cfg: StopConfig) -> Vec<StopRecord> {
+pub fn stop_all<O: ProcessOps>(
+    ops: &O,
+    targets: &[StopTarget],
+    cfg: StopConfig,
+) -> Vec<StopRecord> {
     let mut records: Vec<StopRecord> = targets
         .iter()
         .map(|t| StopRecord {
@@ -213,7 +221,11 @@ pub fn stop_all<O: ProcessOps>(ops: &O, targets: &[StopTarget], cfg: StopConfig)
                 } else if state == RunState::Stopped {
                     send(libc::SIGCONT, rec);
                 }
-                live.push(Live { idx, handle, signalled_at: Some(start) });
+                live.push(Live {
+                    idx,
+                    handle,
+                    signalled_at: Some(start),
+                });
             }
         }
     }
@@ -225,7 +237,10 @@ pub fn stop_all<O: ProcessOps>(ops: &O, targets: &[StopTarget], cfg: StopConfig)
         if rec.signals.contains(&"SIGKILL") {
             continue;
         }
-        rec.escalated = Some(format!("still running after the {:.1}s grace period", cfg.grace.as_secs_f64()));
+        rec.escalated = Some(format!(
+            "still running after the {:.1}s grace period",
+            cfg.grace.as_secs_f64()
+        ));
         match ops.signal(&l.handle, libc::SIGKILL) {
             Ok(true) => rec.signals.push("SIGKILL"),
             Ok(false) => {}
@@ -247,7 +262,12 @@ pub fn stop_all<O: ProcessOps>(ops: &O, targets: &[StopTarget], cfg: StopConfig)
     records
 }
 
-fn wait_phase<O: ProcessOps>(ops: &O, live: &mut Vec<Live<O::Handle>>, records: &mut [StopRecord], deadline: Duration) {
+fn wait_phase<O: ProcessOps>(
+    ops: &O,
+    live: &mut Vec<Live<O::Handle>>,
+    records: &mut [StopRecord],
+    deadline: Duration,
+) {
     loop {
         let now = ops.now();
         let mut i = 0;
@@ -259,7 +279,9 @@ fn wait_phase<O: ProcessOps>(ops: &O, live: &mut Vec<Live<O::Handle>>, records: 
                     Via::Pidfd => Confirmed::Pidfd,
                     Via::Kill => Confirmed::Proc,
                 });
-                rec.after_ms = l.signalled_at.map(|s| (now.saturating_sub(s)).as_secs_f64() * 1000.0);
+                rec.after_ms = l
+                    .signalled_at
+                    .map(|s| (now.saturating_sub(s)).as_secs_f64() * 1000.0);
             } else {
                 i += 1;
             }
@@ -302,7 +324,10 @@ mod tests {
         }
         fn dead(&self, pid: Pid) -> bool {
             let now = *self.clock.borrow();
-            self.procs.borrow().get(&pid).is_none_or(|p| p.dies_at.is_some_and(|d| d <= now) || p.state == RunState::Zombie)
+            self.procs
+                .borrow()
+                .get(&pid)
+                .is_none_or(|p| p.dies_at.is_some_and(|d| d <= now) || p.state == RunState::Zombie)
         }
     }
 
@@ -337,7 +362,9 @@ mod tests {
                         p.dies_at = Some(now + d);
                     }
                 }
-                libc::SIGKILL if !p.survives_kill => p.dies_at = Some(now + Duration::from_millis(1)),
+                libc::SIGKILL if !p.survives_kill => {
+                    p.dies_at = Some(now + Duration::from_millis(1))
+                }
                 _ => {}
             }
             Ok(true)
@@ -376,10 +403,17 @@ mod tests {
     }
 
     fn target(pid: Pid) -> StopTarget {
-        StopTarget { pid, start_ticks: 1, role: "server".into() }
+        StopTarget {
+            pid,
+            start_ticks: 1,
+            role: "server".into(),
+        }
     }
 
-    const CFG: StopConfig = StopConfig { grace: Duration::from_secs(5), kill_wait: Duration::from_secs(2) };
+    const CFG: StopConfig = StopConfig {
+        grace: Duration::from_secs(5),
+        kill_wait: Duration::from_secs(2),
+    };
 
     #[test]
     fn cooperative_server_gets_only_sigterm() {
@@ -405,7 +439,13 @@ mod tests {
     #[test]
     fn ignored_sigterm_is_escalated_without_waiting() {
         let f = Fake::default();
-        f.add(100, FakeProc { ignores_term: true, ..proc(None) });
+        f.add(
+            100,
+            FakeProc {
+                ignores_term: true,
+                ..proc(None)
+            },
+        );
         let r = stop_all(&f, &[target(100)], CFG);
         assert_eq!(r[0].signals, vec!["SIGTERM", "SIGKILL"]);
         assert!(r[0].after_ms.unwrap() < 50.0, "{:?}", r[0].after_ms);
@@ -415,7 +455,13 @@ mod tests {
     #[test]
     fn zombie_is_not_signalled_or_waited_on() {
         let f = Fake::default();
-        f.add(100, FakeProc { state: RunState::Zombie, ..proc(None) });
+        f.add(
+            100,
+            FakeProc {
+                state: RunState::Zombie,
+                ..proc(None)
+            },
+        );
         let r = stop_all(&f, &[target(100)], CFG);
         assert!(r[0].signals.is_empty());
         assert_eq!(r[0].confirmed_by, Some(Confirmed::Zombie));
@@ -425,7 +471,13 @@ mod tests {
     #[test]
     fn stopped_process_gets_sigcont_after_sigterm() {
         let f = Fake::default();
-        f.add(100, FakeProc { state: RunState::Stopped, ..proc(Some(5)) });
+        f.add(
+            100,
+            FakeProc {
+                state: RunState::Stopped,
+                ..proc(Some(5))
+            },
+        );
         let r = stop_all(&f, &[target(100)], CFG);
         assert_eq!(r[0].signals, vec!["SIGTERM", "SIGCONT"]);
         assert!(r[0].after_ms.unwrap() < 50.0);
@@ -456,7 +508,13 @@ mod tests {
     #[test]
     fn survivor_of_sigkill_is_an_error() {
         let f = Fake::default();
-        f.add(100, FakeProc { survives_kill: true, ..proc(None) });
+        f.add(
+            100,
+            FakeProc {
+                survives_kill: true,
+                ..proc(None)
+            },
+        );
         let r = stop_all(&f, &[target(100)], CFG);
         assert!(r[0].error.as_deref().unwrap().contains("did not exit"));
     }

@@ -82,7 +82,9 @@ pub struct ProcStatus {
 pub fn parse_status(text: &str) -> ProcStatus {
     let mut st = ProcStatus::default();
     for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         match key {
             "Uid" => st.uid = value.split_whitespace().nth(1).and_then(|v| v.parse().ok()),
@@ -120,7 +122,9 @@ pub fn cmdline(pid: Pid) -> Vec<String> {
 
 /// Every numeric entry of `/proc`.
 pub fn all_pids() -> Vec<Pid> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect()
 }
@@ -143,7 +147,9 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         let mut parts = line.splitn(6, ' ');
         let (_, _, _, _) = (parts.next(), parts.next(), parts.next(), parts.next());
         let inode: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let Some(path) = parts.next().map(str::trim_start) else { continue };
+        let Some(path) = parts.next().map(str::trim_start) else {
+            continue;
+        };
         if inode == 0 || !path.starts_with('/') {
             continue;
         }
@@ -152,7 +158,11 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
             None => (path.to_string(), false),
         };
         if !out.iter().any(|m| m.path == path && m.inode == inode) {
-            out.push(Mapping { path, deleted, inode });
+            out.push(Mapping {
+                path,
+                deleted,
+                inode,
+            });
         }
     }
     out
@@ -199,13 +209,21 @@ pub fn parse_fdinfo_flock(text: &str) -> Option<LockKind> {
 /// The open files of `pid` that name the inode `(dev, ino)`, with their locks.
 pub fn open_files_of(pid: Pid, dev: u64, ino: u64) -> Vec<OpenFile> {
     let mut out = Vec::new();
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return out };
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
     for entry in dir.flatten() {
-        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         // stat() follows the magic link to the open file itself.
-        let Ok(meta) = fs::metadata(entry.path()) else { continue };
+        let Ok(meta) = fs::metadata(entry.path()) else {
+            continue;
+        };
         if meta.dev() != dev || meta.ino() != ino {
             continue;
         }
@@ -297,7 +315,10 @@ pub fn clock_ticks() -> u64 {
 /// Now, in clock ticks since boot: the same clock as a process's start time,
 /// so "started after the install" is compared without wall-clock skew.
 pub fn boot_ticks_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     let hz = clock_ticks();
@@ -341,7 +362,11 @@ impl ProcHandle {
         // Checked after the pidfd exists: from here on the pid cannot be reused
         // under us, so a matching start time proves the identity for good.
         match proc_stat(pid) {
-            Some(st) if st.start_ticks == start_ticks => Ok(Some(ProcHandle { pid, start_ticks, pidfd })),
+            Some(st) if st.start_ticks == start_ticks => Ok(Some(ProcHandle {
+                pid,
+                start_ticks,
+                pidfd,
+            })),
             _ => Ok(None),
         }
     }
@@ -394,7 +419,11 @@ impl ProcHandle {
     pub fn exited(&self) -> bool {
         match &self.pidfd {
             Some(fd) => {
-                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 // SAFETY: one valid pollfd, zero timeout.
                 let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
                 rc > 0
@@ -417,7 +446,11 @@ pub fn wait_any(handles: &[&ProcHandle], timeout: Duration) {
     if handles.iter().all(|h| h.raw_pidfd().is_some()) {
         let mut fds: Vec<libc::pollfd> = handles
             .iter()
-            .map(|h| libc::pollfd { fd: h.raw_pidfd().unwrap_or(-1), events: libc::POLLIN, revents: 0 })
+            .map(|h| libc::pollfd {
+                fd: h.raw_pidfd().unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            })
             .collect();
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: fds is a valid array of pollfd.
@@ -436,7 +469,10 @@ pub struct FileId {
 
 impl FileId {
     pub fn of(meta: &fs::Metadata) -> FileId {
-        FileId { dev: meta.dev(), ino: meta.ino() }
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
     }
 }
 
@@ -463,13 +499,37 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Poll one descriptor for readability for at most `timeout`.
+pub fn wait_any_fd(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc > 0 {
+            return true;
+        }
+        if rc == 0 || left.is_zero() {
+            return false;
+        }
+        // EINTR: poll again with the remaining time.
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn stat_parses_comm_with_spaces_and_parens() {
-        let line = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
+        let line =
+            "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
         let st = parse_stat(line).unwrap();
         assert_eq!(st.pid, 4242);
         assert_eq!(st.comm, "a (weird) name");
@@ -522,24 +582,5 @@ mod tests {
         let protected = self_and_ancestors();
         assert_eq!(protected[0], std::process::id() as Pid);
         assert!(protected.contains(&(nix::unistd::getppid().as_raw())));
-    }
-}
-
-/// Poll one descriptor for readability for at most `timeout`.
-pub fn wait_any_fd(fd: &OwnedFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc > 0 {
-            return true;
-        }
-        if rc == 0 || left.is_zero() {
-            return false;
-        }
-        // EINTR: poll again with the remaining time.
     }
 }

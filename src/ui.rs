@@ -18,9 +18,19 @@ impl Ui {
         let events: Option<Box<dyn Write>> = match events {
             None => None,
             Some(p) if p == Path::new("-") => Some(Box::new(io::stderr())),
-            Some(p) => Some(Box::new(OpenOptions::new().create(true).append(true).open(p).map(|f: File| f)?)),
+            Some(p) => Some(Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map(|f: File| f)?,
+            )),
         };
-        Ok(Ui { json, events, epoch: std::time::Instant::now() })
+        Ok(Ui {
+            json,
+            events,
+            epoch: std::time::Instant::now(),
+        })
     }
 
     /// A line of human output (suppressed under `--json`).
@@ -37,10 +47,26 @@ impl Ui {
 
     /// One JSON-lines progress event.
     pub fn event(&mut self, kind: &str, fields: Value) {
-        let Some(w) = self.events.as_mut() else { return };
+        let Some(w) = self.events.as_mut() else {
+            return;
+        };
         let mut obj = Map::new();
         obj.insert("event".into(), json!(kind));
-        obj.insert("t_ms".into(), json!((self.epoch.elapsed().as_secs_f64() * 1e6).round() / 1e3));
+        obj.insert(
+            "t_ms".into(),
+            json!((self.epoch.elapsed().as_secs_f64() * 1e6).round() / 1e3),
+        );
+        // CLOCK_MONOTONIC, so events merge exactly with other processes' logs.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        obj.insert(
+            "mono_ns".into(),
+            json!(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64),
+        );
         if let Value::Object(m) = fields {
             obj.extend(m);
         }

@@ -72,14 +72,39 @@ mod tests {
 
     #[test]
     fn accepted() {
-        for v in ["0.1.30", "0.1.30rc1", "0.1.30.post1", "0.1.30.dev0", "1", "0.1.30+local", "0.6.12", "0.7.0rc1", "1.0.post1", "1.0+local", "1.0a1.post2.dev3+ubuntu.1-x"] {
+        for v in [
+            "0.1.30",
+            "0.1.30rc1",
+            "0.1.30.post1",
+            "0.1.30.dev0",
+            "1",
+            "0.1.30+local",
+            "0.6.12",
+            "0.7.0rc1",
+            "1.0.post1",
+            "1.0+local",
+            "1.0a1.post2.dev3+ubuntu.1-x",
+        ] {
             assert!(validate(v).is_ok(), "{v}");
         }
     }
 
     #[test]
     fn rejected() {
-        for v in [">=0.1.30", "v0.1", "0.1.30-rc1", "0.1 .30", "", "==0.6.12", "0.6.*", "0.6.12 ", "1.", "1.0+", "1.0rc", "latest"] {
+        for v in [
+            ">=0.1.30",
+            "v0.1",
+            "0.1.30-rc1",
+            "0.1 .30",
+            "",
+            "==0.6.12",
+            "0.6.*",
+            "0.6.12 ",
+            "1.",
+            "1.0+",
+            "1.0rc",
+            "latest",
+        ] {
             assert!(validate(v).is_err(), "{v}");
         }
         assert!(validate(">=0.6").unwrap_err().contains("'>=0.6'"));

@@ -17,7 +17,9 @@ fn version_specifier_is_a_usage_error_before_anything_is_touched() {
         .assert()
         .code(2)
         .stdout("")
-        .stderr(predicate::str::contains("'>=0.6' is not a bare PEP 440 release"));
+        .stderr(predicate::str::contains(
+            "'>=0.6' is not a bare PEP 440 release",
+        ));
     assert!(server.alive());
     assert_eq!(sb.uv_log(), "");
 }
@@ -25,14 +27,25 @@ fn version_specifier_is_a_usage_error_before_anything_is_touched() {
 #[test]
 fn negative_grace_is_a_usage_error() {
     let sb = Sandbox::new();
-    sb.upgrader().args(["--grace", "-1"]).assert().code(2).stderr(predicate::str::contains("-1"));
+    sb.upgrader()
+        .args(["--grace", "-1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("-1"));
 }
 
 #[test]
 fn without_yes_and_without_a_terminal_it_refuses() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
-    let out = sb.upgrader().arg("--json").assert().code(3).get_output().stdout.clone();
+    let out = sb
+        .upgrader()
+        .arg("--json")
+        .assert()
+        .code(3)
+        .get_output()
+        .stdout
+        .clone();
     let doc = json_of(&out);
     assert_eq!(doc["ok"], false);
     assert!(doc["error"].as_str().unwrap().contains("Pass -y"));
@@ -48,7 +61,10 @@ fn missing_uv_fails_before_stopping_anything() {
         .args(["-y", "--uv", "/nonexistent/uv"])
         .assert()
         .code(5)
-        .stderr(predicate::str::contains("/nonexistent/uv").and(predicate::str::contains("Nothing was stopped")));
+        .stderr(
+            predicate::str::contains("/nonexistent/uv")
+                .and(predicate::str::contains("Nothing was stopped")),
+        );
     assert!(server.alive());
     assert!(exists(&server.pid_file()));
 }
@@ -58,13 +74,27 @@ fn dry_run_lists_the_server_and_changes_nothing() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     let before = fs::read(server.pid_file()).unwrap();
-    let out = sb.upgrader().args(["--dry-run", "--json", "--version", "0.6.12"]).assert().code(0).get_output().stdout.clone();
+    let out = sb
+        .upgrader()
+        .args(["--dry-run", "--json", "--version", "0.6.12"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
     let doc = json_of(&out);
     assert_eq!(doc["dry_run"], true);
     assert_eq!(doc["would_kill"], serde_json::json!([server.pid()]));
     assert_eq!(doc["would_remove"], serde_json::json!([server.pid_file()]));
-    assert_eq!(doc["extras"], serde_json::json!(["all"]), "extras come from the receipt");
-    assert_eq!(doc["would_install"].as_array().unwrap().last().unwrap(), "memtomem[all]==0.6.12");
+    assert_eq!(
+        doc["extras"],
+        serde_json::json!(["all"]),
+        "extras come from the receipt"
+    );
+    assert_eq!(
+        doc["would_install"].as_array().unwrap().last().unwrap(),
+        "memtomem[all]==0.6.12"
+    );
     assert!(server.alive());
     assert_eq!(fs::read(server.pid_file()).unwrap(), before);
     assert!(!sb.uv_log().contains("install"));
@@ -92,8 +122,14 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     assert!(!server.alive());
     assert!(!exists(&server.pid_file()));
     let log = sb.uv_log();
-    assert!(log.contains("tool install --refresh memtomem==0.6.12\n"), "prepared first: {log}");
-    assert!(log.ends_with("tool install --offline --reinstall-package memtomem memtomem==0.6.12\n"), "{log}");
+    assert!(
+        log.contains("tool install --refresh memtomem==0.6.12\n"),
+        "prepared first: {log}"
+    );
+    assert!(
+        log.ends_with("tool install --offline --reinstall-package memtomem memtomem==0.6.12\n"),
+        "{log}"
+    );
     assert!(server.events().contains("\"signal\":\"SIGTERM\""));
 }
 
@@ -107,8 +143,13 @@ fn human_output_names_the_pid_and_the_file() {
         .code(0)
         .stdout(
             predicate::str::contains(format!("Stopped pid {}.", server.pid()))
-                .and(predicate::str::contains(format!("Removed {}.", server.pid_file().display())))
-                .and(predicate::str::contains("Reinstalled memtomem[all]==0.6.12")),
+                .and(predicate::str::contains(format!(
+                    "Removed {}.",
+                    server.pid_file().display()
+                )))
+                .and(predicate::str::contains(
+                    "Reinstalled memtomem[all]==0.6.12",
+                )),
         );
 }
 
@@ -126,7 +167,10 @@ fn a_version_that_cannot_be_prepared_leaves_the_server_running() {
         .stdout
         .clone();
     let doc = json_of(&out);
-    assert!(doc["error"].as_str().unwrap().contains("Nothing was stopped"));
+    assert!(doc["error"]
+        .as_str()
+        .unwrap()
+        .contains("Nothing was stopped"));
     assert!(doc["stderr"].as_str().unwrap().contains("99.99.99"));
     assert!(server.alive());
     assert!(exists(&server.pid_file()));
@@ -200,20 +244,41 @@ fn a_zombie_server_is_dead_and_is_not_signalled() {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    let out = sb.upgrader().args(["-y", "--json", "--grace", "30", "--version", "0.6.12"]).assert().code(0).get_output().stdout.clone();
+    let out = sb
+        .upgrader()
+        .args(["-y", "--json", "--grace", "30", "--version", "0.6.12"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
     let doc = json_of(&out);
-    assert_eq!(doc["killed"], serde_json::json!([]), "a zombie holds no lock and is no target");
+    assert_eq!(
+        doc["killed"],
+        serde_json::json!([]),
+        "a zombie holds no lock and is no target"
+    );
 }
 
 #[test]
 fn a_pid_file_naming_pid_1_is_refused_and_nothing_is_signalled() {
     let sb = Sandbox::new();
     let server = sb.server("s", &["--mode", "corrupt-pidfile=one"]);
-    let out = sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]).assert().code(3).get_output().stdout.clone();
+    let out = sb
+        .upgrader()
+        .args(["-y", "--json", "--version", "0.6.12"])
+        .assert()
+        .code(3)
+        .get_output()
+        .stdout
+        .clone();
     let doc = json_of(&out);
     let err = doc["error"].as_str().unwrap();
     assert!(err.contains("no signalable PID"), "{err}");
-    assert!(err.contains(&format!("held by pid {}", server.pid())), "names the real holder: {err}");
+    assert!(
+        err.contains(&format!("held by pid {}", server.pid())),
+        "names the real holder: {err}"
+    );
     assert!(server.alive());
     assert!(!sb.uv_log().contains("install"));
 }
@@ -222,7 +287,10 @@ fn a_pid_file_naming_pid_1_is_refused_and_nothing_is_signalled() {
 fn a_second_run_is_refused_while_one_holds_the_run_lock() {
     let sb = Sandbox::new();
     let lock = fs::File::create(sb.rt().join("mm-upgrade.lock")).unwrap();
-    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
     sb.upgrader()
         .args(["-y", "--version", "0.6.12"])
         .assert()
@@ -238,7 +306,10 @@ fn skip_pkill_reinstalls_and_lists_what_keeps_running_old_code() {
         .args(["-y", "--skip-pkill", "--version", "0.6.12"])
         .assert()
         .code(0)
-        .stderr(predicate::str::contains(format!("pid {} (server", server.pid())).and(predicate::str::contains("keeps running the old code")));
+        .stderr(
+            predicate::str::contains(format!("pid {} (server", server.pid()))
+                .and(predicate::str::contains("keeps running the old code")),
+        );
     assert!(server.alive());
     assert!(sb.uv_log().contains("--reinstall"));
 }
@@ -248,13 +319,27 @@ fn events_stream_tells_the_story_in_order() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     let events = sb.path("events.jsonl");
-    sb.upgrader().args(["-y", "--version", "0.6.12", "--events"]).arg(&events).assert().code(0);
+    sb.upgrader()
+        .args(["-y", "--version", "0.6.12", "--events"])
+        .arg(&events)
+        .assert()
+        .code(0);
     let text = fs::read_to_string(&events).unwrap();
     let kinds: Vec<String> = text
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("no {k} in {kinds:?}"));
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| x == k)
+            .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
+    };
     assert!(pos("discovered") < pos("prepared"));
     assert!(pos("prepared") < pos("signalled"));
     assert!(pos("signalled") < pos("exited"));
@@ -262,4 +347,35 @@ fn events_stream_tells_the_story_in_order() {
     assert!(pos("unlinked") < pos("installed"));
     assert!(text.contains(&format!("\"pid\":{}", server.pid())));
     assert!(text.contains("\"via\":\"pidfd\""));
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_clap_definition() {
+    let bash = assert_cmd::Command::cargo_bin("mm-upgrade")
+        .unwrap()
+        .args(["completions", "bash"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let bash = String::from_utf8(bash).unwrap();
+    assert!(
+        bash.contains("--skip-pkill") && bash.contains("--grace"),
+        "{bash}"
+    );
+    let man = assert_cmd::Command::cargo_bin("mm-upgrade")
+        .unwrap()
+        .arg("man")
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let man = String::from_utf8(man).unwrap();
+    assert!(
+        man.contains(".TH mm-upgrade") && man.contains("skip\\-pkill"),
+        "{}",
+        &man[..man.len().min(400)]
+    );
 }

@@ -58,11 +58,19 @@ fn inner_main(path: PathBuf) -> ! {
         scenario_path: path.clone(),
         name: env("MM_SCENARIO_NAME").unwrap_or_else(|| path.display().to_string()),
         bin_dir: PathBuf::from(env("MM_SCENARIO_BIN_DIR").expect("MM_SCENARIO_BIN_DIR")),
-        mm_upgrade: env("MM_SCENARIO_MM_UPGRADE").filter(|s| !s.is_empty()).map(PathBuf::from),
+        mm_upgrade: env("MM_SCENARIO_MM_UPGRADE")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
         other: env("MM_SCENARIO_UPGRADER").filter(|s| !s.is_empty()),
         keep: env("MM_SCENARIO_KEEP").is_some_and(|v| v != "0"),
         pause: env("MM_SCENARIO_PAUSE").is_some_and(|v| v != "0"),
-        run_id: env("MM_SCENARIO_RUN_ID").unwrap_or_default(),
+        // Each scenario's processes carry `<run id>/<scenario>`, so its own sweep never
+        // touches other scenarios (nor their runners, which carry the bare run id).
+        run_id: format!(
+            "{}/{}",
+            env("MM_SCENARIO_RUN_ID").unwrap_or_default(),
+            std::process::id()
+        ),
     };
     let (outcome, report) = run::run_one(cfg);
     print!("{report}");
@@ -93,7 +101,9 @@ struct Row {
 }
 
 fn find_scenarios(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
@@ -112,20 +122,36 @@ fn fake_bins() -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // <target>/<profile>/deps/scenarios-<hash>
-    let profile_dir = exe.parent().and_then(Path::parent).ok_or("cannot locate the target dir")?.to_path_buf();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target dir")?
+        .to_path_buf();
     let target = profile_dir.parent().ok_or("cannot locate the target dir")?;
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "fake-server", "--bins", "--manifest-path"])
-        .arg(manifest_dir().join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", target);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "fake-server",
+        "--bins",
+        "--manifest-path",
+    ])
+    .arg(manifest_dir().join("Cargo.toml"))
+    .env("CARGO_TARGET_DIR", target);
     if release {
         cmd.arg("--release");
     }
-    let out = cmd.output().map_err(|e| format!("building fake-server: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("building fake-server: {e}"))?;
     if !out.status.success() {
-        return Err(format!("building fake-server failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "building fake-server failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(profile_dir)
 }
@@ -135,12 +161,17 @@ fn outer_main() -> ! {
     if args.test_threads.is_none() {
         // Scenarios mostly wait (grace periods, readiness); 2 cores can run several.
         args.test_threads = Some(
-            std::env::var("MM_SCENARIO_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(6),
+            std::env::var("MM_SCENARIO_THREADS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(6),
         );
     }
     sys::set_subreaper();
     let run_id = format!("{}-{}", std::process::id(), sys::mono_ns());
-    let other = std::env::var("MM_SCENARIO_UPGRADER").ok().filter(|s| !s.is_empty());
+    let other = std::env::var("MM_SCENARIO_UPGRADER")
+        .ok()
+        .filter(|s| !s.is_empty());
     let mm_upgrade = std::env::var("MM_SCENARIO_MM_UPGRADE")
         .ok()
         .map(PathBuf::from)
@@ -166,18 +197,28 @@ fn outer_main() -> ! {
     find_scenarios(&root, &mut files);
     let mut trials = vec![];
     for path in files {
-        let name = path.strip_prefix(&root).unwrap().with_extension("").to_string_lossy().into_owned();
+        let name = path
+            .strip_prefix(&root)
+            .unwrap()
+            .with_extension("")
+            .to_string_lossy()
+            .into_owned();
         let parsed: Result<model::Scenario, String> = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
             .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()));
         let (ignored, hostile, diff_expect) = match &parsed {
             Ok(s) => {
                 let diff_skip = other.is_some()
-                    && (s.differential.expect.as_deref() == Some("skip") || (s.hostile && !unshare_ok));
-                let expect = s.differential.expect.clone().map(|e| match &s.differential.reason {
-                    Some(r) => format!("{e} ({r})"),
-                    None => e,
-                });
+                    && (s.differential.expect.as_deref() == Some("skip")
+                        || (s.hostile && !unshare_ok));
+                let expect = s
+                    .differential
+                    .expect
+                    .clone()
+                    .map(|e| match &s.differential.reason {
+                        Some(r) => format!("{e} ({r})"),
+                        None => e,
+                    });
                 (s.ignore.is_some() || diff_skip, s.hostile, expect)
             }
             Err(_) => (false, false, None),
@@ -188,7 +229,10 @@ fn outer_main() -> ! {
         trials.push(
             Trial::test(name.clone(), move || {
                 if let Err(e) = parsed {
-                    return Err(Failed::from(format!("{}: invalid scenario file: {e}", p.display())));
+                    return Err(Failed::from(format!(
+                        "{}: invalid scenario file: {e}",
+                        p.display()
+                    )));
                 }
                 run_trial(&sh, &p, &n, hostile, diff_expect)
             })
@@ -202,27 +246,47 @@ fn outer_main() -> ! {
     sys::kill_all_descendants(Duration::from_secs(3));
     let swept = sys::sweep_run_id(&run_id);
     if !swept.is_empty() {
-        eprintln!("scenarios: swept {} stray processes: {swept:?}", swept.len());
+        eprintln!(
+            "scenarios: swept {} stray processes: {swept:?}",
+            swept.len()
+        );
     }
     if let Some(cmd) = &other {
         print_table(&shared, cmd, started.elapsed());
     }
     if !args.list {
-        eprintln!("scenarios: total wall time {:.1}s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "scenarios: total wall time {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
     }
     conclusion.exit()
 }
 
-fn run_trial(sh: &Shared, path: &Path, name: &str, hostile: bool, diff_expect: Option<String>) -> Result<(), Failed> {
-    let bins = sh.bins.get_or_init(fake_bins).clone().map_err(Failed::from)?;
+fn run_trial(
+    sh: &Shared,
+    path: &Path,
+    name: &str,
+    hostile: bool,
+    diff_expect: Option<String>,
+) -> Result<(), Failed> {
+    let bins = sh
+        .bins
+        .get_or_init(fake_bins)
+        .clone()
+        .map_err(Failed::from)?;
     if sh.other.is_none() && sh.mm_upgrade.is_none() {
-        return Err("no mm-upgrade binary: the root package must build it (or set MM_SCENARIO_MM_UPGRADE)".into());
+        return Err(
+            "no mm-upgrade binary: the root package must build it (or set MM_SCENARIO_MM_UPGRADE)"
+                .into(),
+        );
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let pause = std::env::var("MM_SCENARIO_PAUSE").is_ok_and(|v| v != "0");
     let mut cmd = if hostile && sh.unshare_ok {
         let mut c = Command::new("unshare");
-        c.args(["--pid", "--fork", "--mount-proc", "--kill-child"]).arg(&exe);
+        c.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(&exe);
         c
     } else {
         Command::new(&exe)
@@ -231,27 +295,37 @@ fn run_trial(sh: &Shared, path: &Path, name: &str, hostile: bool, diff_expect: O
         .env("MM_SCENARIO_NAME", name)
         .env("MM_SCENARIO_BIN_DIR", &bins)
         .env("MM_SCENARIO_RUN_ID", &sh.run_id)
-        .env("MM_SCENARIO_MM_UPGRADE", sh.mm_upgrade.clone().unwrap_or_default())
+        .env(
+            "MM_SCENARIO_MM_UPGRADE",
+            sh.mm_upgrade.clone().unwrap_or_default(),
+        )
         .process_group(0);
     if pause {
-        cmd.stdin(Stdio::inherit()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
     } else {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
     }
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    // No PR_SET_PDEATHSIG here: libtest-mimic runs trials on short-lived worker threads,
+    // and the "parent" of pdeathsig is the spawning thread. The run-id sweep at the end
+    // and the timeout below cover a dying harness instead.
     let scenario_timeout = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| toml::from_str::<model::Scenario>(&t).ok())
         .map(|s| s.timeout)
         .unwrap_or(30.0);
-    let limit = if pause { Duration::from_secs(86400) } else { sys::scaled(scenario_timeout + 20.0) };
+    let limit = if pause {
+        Duration::from_secs(86400)
+    } else {
+        sys::scaled(scenario_timeout + 20.0)
+    };
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("spawning the scenario runner: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawning the scenario runner: {e}"))?;
     let pid = child.id() as i32;
     let mut so = child.stdout.take().unwrap();
     let se = child.stderr.take();
@@ -291,14 +365,18 @@ fn run_trial(sh: &Shared, path: &Path, name: &str, hostile: bool, diff_expect: O
         text.push_str(&format!("--- runner stderr:\n{errs}"));
     }
     if timed_out {
-        text.push_str(&format!("--- the scenario runner was killed after {limit:?}\n"));
+        text.push_str(&format!(
+            "--- the scenario runner was killed after {limit:?}\n"
+        ));
     } else if !libc::WIFEXITED(status) {
         text.push_str(&format!(
             "--- the scenario runner died: {} (an upgrader signalling its ancestors?)\n",
             sys::describe_status(status)
         ));
     }
-    if std::env::var("MM_SCENARIO_VERBOSE").is_ok() || std::env::var("MM_SCENARIO_KEEP").is_ok_and(|v| v != "0") {
+    if std::env::var("MM_SCENARIO_VERBOSE").is_ok()
+        || std::env::var("MM_SCENARIO_KEEP").is_ok_and(|v| v != "0")
+    {
         println!("{text}");
     }
     if sh.other.is_some() {
@@ -315,9 +393,16 @@ fn run_trial(sh: &Shared, path: &Path, name: &str, hostile: bool, diff_expect: O
             expected: diff_expect.clone().unwrap_or_default(),
             detail: if passed { String::new() } else { first },
         });
-        return match diff_expect.as_deref().map(|e| e.split(' ').next().unwrap_or("")) {
-            Some("pass") if !passed => Err(Failed::from(format!("expected the other upgrader to pass:\n{text}"))),
-            Some("fail") if passed => Err(Failed::from("expected the other upgrader to fail, but it passed")),
+        return match diff_expect
+            .as_deref()
+            .map(|e| e.split(' ').next().unwrap_or(""))
+        {
+            Some("pass") if !passed => Err(Failed::from(format!(
+                "expected the other upgrader to pass:\n{text}"
+            ))),
+            Some("fail") if passed => Err(Failed::from(
+                "expected the other upgrader to fail, but it passed",
+            )),
             _ => Ok(()),
         };
     }
@@ -343,7 +428,11 @@ fn print_table(sh: &Shared, cmd: &str, elapsed: Duration) {
             r.name,
             r.result,
             r.expected,
-            r.detail.replace('|', "\\|").chars().take(160).collect::<String>()
+            r.detail
+                .replace('|', "\\|")
+                .chars()
+                .take(160)
+                .collect::<String>()
         ));
     }
     println!("{t}");

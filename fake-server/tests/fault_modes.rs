@@ -29,7 +29,11 @@ fn ignore_sigterm_survives_grace_and_dies_on_sigkill_leaving_pid_file() {
     let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
     let sigign = status.lines().find(|l| l.starts_with("SigIgn:")).unwrap();
     let mask = u64::from_str_radix(sigign.split_whitespace().nth(1).unwrap(), 16).unwrap();
-    assert_ne!(mask & (1 << (libc::SIGTERM - 1)), 0, "SIGTERM must be SIG_IGN: {sigign}");
+    assert_ne!(
+        mask & (1 << (libc::SIGTERM - 1)),
+        0,
+        "SIGTERM must be SIG_IGN: {sigign}"
+    );
     kill(p.pid(), libc::SIGTERM);
     assert!(p.wait_exit(GRACE).is_none(), "survived SIGTERM");
     assert!(is_locked(&pid_file(&r)));

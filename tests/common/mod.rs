@@ -76,8 +76,16 @@ impl Sandbox {
         let env = dir.path().join("tools/memtomem/bin");
         fs::create_dir_all(&env).unwrap();
         fs::write(env.join("memtomem-server"), "#!/bin/sh\necho old\n").unwrap();
-        fs::set_permissions(env.join("memtomem-server"), fs::Permissions::from_mode(0o755)).unwrap();
-        std::os::unix::fs::symlink(env.join("memtomem-server"), dir.path().join("bin/memtomem-server")).unwrap();
+        fs::set_permissions(
+            env.join("memtomem-server"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            env.join("memtomem-server"),
+            dir.path().join("bin/memtomem-server"),
+        )
+        .unwrap();
         fs::write(
             dir.path().join("tools/memtomem/uv-receipt.toml"),
             "[tool]\nrequirements = [{ name = \"memtomem\", extras = [\"all\"] }]\n",
@@ -130,10 +138,18 @@ impl Sandbox {
             .stderr(Stdio::null())
             .process_group(0);
         let child = cmd.spawn().expect("spawn fake-server");
-        let mut server = Server { child, ready: ready.clone(), events, info: serde_json::Value::Null };
+        let mut server = Server {
+            child,
+            ready: ready.clone(),
+            events,
+            info: serde_json::Value::Null,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready.exists() {
-            assert!(Instant::now() < deadline, "fake-server {name} never became ready");
+            assert!(
+                Instant::now() < deadline,
+                "fake-server {name} never became ready"
+            );
             if let Ok(Some(st)) = server.child.try_wait() {
                 panic!("fake-server {name} exited before ready: {st}");
             }
@@ -172,7 +188,13 @@ impl Server {
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s.rsplit(')').next().unwrap_or("").trim_start().chars().next();
+            let state = s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .chars()
+                .next();
             !matches!(state, Some('Z') | Some('X'))
         }
         Err(_) => false,
@@ -184,7 +206,12 @@ impl Drop for Server {
         let pgid = self.child.id() as i32;
         // SAFETY: the group was created for this server by process_group(0).
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        for pid in self.info["pids"].as_array().into_iter().flatten().filter_map(|p| p.as_i64()) {
+        for pid in self.info["pids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_i64())
+        {
             // Daemonized processes left the group; they are ours by the ready file.
             if pid > 1 {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -197,7 +224,11 @@ impl Drop for Server {
 pub fn json_of(out: &[u8]) -> serde_json::Value {
     let text = String::from_utf8_lossy(out);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 1, "stdout must be exactly one JSON document: {text}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "stdout must be exactly one JSON document: {text}"
+    );
     serde_json::from_str(lines[0]).unwrap()
 }
 

@@ -140,8 +140,8 @@ pub struct Bystander {
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     pub path: String,
-    /// "file" (default), "fifo", "symlink", "dir", "chmod" (only change the mode),
-    /// "remove".
+    /// "file" (default), "fifo", "symlink", "dir", "sqlite" (a valid empty SQLite
+    /// database), "chmod" (only change the mode), "remove".
     #[serde(default = "default_file_kind")]
     pub kind: String,
     /// Text content (placeholders expanded) for kind "file".

@@ -24,8 +24,15 @@ use crate::sys::{self, Reaper};
 
 /// Keys of mm-upgrade's JSON that upstream `mm upgrade` does not have; not compared in
 /// differential mode.
-const OURS_ONLY_KEYS: &[&str] =
-    &["exit_code", "prepared", "downtime_ms", "remaining", "stops", "prepare", "skipped"];
+const OURS_ONLY_KEYS: &[&str] = &[
+    "exit_code",
+    "prepared",
+    "downtime_ms",
+    "remaining",
+    "stops",
+    "prepare",
+    "skipped",
+];
 
 pub struct Config {
     pub scenario_path: PathBuf,
@@ -78,7 +85,12 @@ impl Proc {
             .as_ref()
             .and_then(|r| r.get("pids"))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_i64).map(|p| p as i32).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_i64)
+                    .map(|p| p as i32)
+                    .collect()
+            })
             .unwrap_or_default()
     }
     /// Processes the server itself created: its pid and everything after it in `pids`
@@ -147,7 +159,12 @@ impl Runner {
     }
 
     fn note(&mut self, source: &str, event: &str, fields: Value) {
-        self.timeline.push(Ev { mono: sys::mono_ns(), source: source.into(), event: event.into(), fields });
+        self.timeline.push(Ev {
+            mono: sys::mono_ns(),
+            source: source.into(),
+            event: event.into(),
+            fields,
+        });
     }
 
     // ---- placeholders ------------------------------------------------------------------
@@ -160,7 +177,10 @@ impl Runner {
     }
 
     fn default_store(&self) -> String {
-        self.dir("home").join(".memtomem/memtomem.db").to_string_lossy().into_owned()
+        self.dir("home")
+            .join(".memtomem/memtomem.db")
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Expand `{placeholders}`; `{{`/`}}` are literal braces. Unknown names are errors.
@@ -200,24 +220,31 @@ impl Runner {
             None => (key, None),
         };
         let find = |name: &str| -> Result<&Proc, String> {
-            self.procs
-                .iter()
-                .find(|p| p.name == name)
-                .ok_or_else(|| format!("{{{key}}}: no server or bystander named {name:?} (started so far)"))
+            self.procs.iter().find(|p| p.name == name).ok_or_else(|| {
+                format!("{{{key}}}: no server or bystander named {name:?} (started so far)")
+            })
         };
         Ok(match (head, arg) {
             ("sandbox", None) => self.sandbox.to_string_lossy().into_owned(),
-            ("home" | "runtime" | "tools" | "toolbin" | "bin" | "events", None) => path(head).unwrap(),
+            ("home" | "runtime" | "tools" | "toolbin" | "bin" | "events", None) => {
+                path(head).unwrap()
+            }
             ("store", None) => self.default_store(),
             ("digest", None) => digest(&self.default_store()),
             ("digest", Some(name)) => {
                 let p = find(name)?;
-                let spec = p.spec.as_ref().ok_or(format!("{{{key}}}: {name} is not a server"))?;
+                let spec = p
+                    .spec
+                    .as_ref()
+                    .ok_or(format!("{{{key}}}: {name} is not a server"))?;
                 digest(&self.store_of(spec)?)
             }
             ("store", Some(name)) => {
                 let p = find(name)?;
-                let spec = p.spec.as_ref().ok_or(format!("{{{key}}}: {name} is not a server"))?;
+                let spec = p
+                    .spec
+                    .as_ref()
+                    .ok_or(format!("{{{key}}}: {name} is not a server"))?;
                 self.store_of(spec)?
             }
             ("pid", Some(name)) => find(name)?.pid().to_string(),
@@ -226,7 +253,11 @@ impl Runner {
             ("self", None) => std::process::id().to_string(),
             ("upgrader", None) => match upgrader_marker {
                 Some(m) => m.to_string(),
-                None => return Err("{upgrader} is only known in files with when = \"upgrader-start\"".into()),
+                None => {
+                    return Err(
+                        "{upgrader} is only known in files with when = \"upgrader-start\"".into(),
+                    )
+                }
             },
             ("stamp", None) => iso_offset(0),
             ("old_stamp", None) => iso_offset(-3600),
@@ -239,14 +270,22 @@ impl Runner {
     // ---- setup -----------------------------------------------------------------------------
 
     pub fn new(cfg: Config, sc: Scenario, reaper: Arc<Reaper>) -> Result<Runner, String> {
-        let base = std::env::var_os("MM_SCENARIO_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let slug: String = cfg.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let base = std::env::var_os("MM_SCENARIO_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let slug: String = cfg
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
         let sandbox = tempfile::Builder::new()
             .prefix(&format!("mm-scen-{slug}-"))
             .tempdir_in(&base)
             .map_err(|e| format!("sandbox: {e}"))?
             .keep();
-        let sandbox = sandbox.canonicalize().map_err(|e| format!("sandbox: {e}"))?;
+        let sandbox = sandbox
+            .canonicalize()
+            .map_err(|e| format!("sandbox: {e}"))?;
         let mut dirs = BTreeMap::new();
         for (k, rel) in [
             ("home", "home"),
@@ -264,7 +303,8 @@ impl Runner {
             fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
             dirs.insert(k, p);
         }
-        fs::set_permissions(&dirs["runtime"], fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+        fs::set_permissions(&dirs["runtime"], fs::Permissions::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
         Ok(Runner {
             cfg,
             sc,
@@ -303,27 +343,45 @@ impl Runner {
         if self.sc.uv.behavior != "absent" {
             symlink(self.fake("fake-uv"), self.dir("bin").join("uv")).map_err(|e| e.to_string())?;
         }
-        symlink(self.fake("fake-server"), self.dir("bin").join("fake-server")).map_err(|e| e.to_string())?;
+        symlink(
+            self.fake("fake-server"),
+            self.dir("bin").join("fake-server"),
+        )
+        .map_err(|e| e.to_string())?;
         // The installed tool the upgrade starts from.
         if self.sc.uv.installed != "none" {
-            write_tool_env(self.dir("tools"), &self.sc.uv.installed_extras, &self.sc.uv.installed)
-                .map_err(|e| format!("installing the starting tool env: {e}"))?;
+            write_tool_env(
+                self.dir("tools"),
+                &self.sc.uv.installed_extras,
+                &self.sc.uv.installed,
+            )
+            .map_err(|e| format!("installing the starting tool env: {e}"))?;
         }
         Ok(())
     }
 
     fn plant_files(&mut self, when: &str) -> Result<(), String> {
-        let specs: Vec<FileSpec> = self.sc.files.iter().filter(|f| f.when == when).cloned().collect();
+        let specs: Vec<FileSpec> = self
+            .sc
+            .files
+            .iter()
+            .filter(|f| f.when == when)
+            .cloned()
+            .collect();
         for f in specs {
             let path = PathBuf::from(self.expand(&f.path)?);
             let mode = match &f.mode {
-                Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|e| format!("mode {m:?}: {e}"))?),
+                Some(m) => Some(
+                    u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                        .map_err(|e| format!("mode {m:?}: {e}"))?,
+                ),
                 None => None,
             };
             if f.kind != "chmod" && f.kind != "remove" {
                 if let Some(parent) = path.parent() {
                     if !parent.exists() {
-                        fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                        fs::create_dir_all(parent)
+                            .map_err(|e| format!("{}: {e}", parent.display()))?;
                         let _ = fs::set_permissions(parent, fs::Permissions::from_mode(0o700));
                     }
                 }
@@ -333,7 +391,12 @@ impl Runner {
                 "file" => {
                     let bytes = self.file_bytes(&f)?;
                     // Write through the existing inode (a server may hold its lock on it).
-                    let mut fh = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(ctx)?;
+                    let mut fh = fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&path)
+                        .map_err(ctx)?;
                     fh.write_all(&bytes).map_err(ctx)?;
                 }
                 "fifo" => {
@@ -347,6 +410,7 @@ impl Runner {
                     symlink(target, &path).map_err(ctx)?;
                 }
                 "dir" => fs::create_dir_all(&path).map_err(ctx)?,
+                "sqlite" => fs::write(&path, hex_decode(EMPTY_SQLITE_HEX)?).map_err(ctx)?,
                 "chmod" => {}
                 "remove" => {
                     if path.is_dir() && !path.is_symlink() {
@@ -363,7 +427,11 @@ impl Runner {
             if f.lock {
                 self.held.push(sys::flock_file(&path).map_err(ctx)?);
             }
-            self.note("runner", "file", json!({"path": path, "kind": f.kind, "when": when}));
+            self.note(
+                "runner",
+                "file",
+                json!({"path": path, "kind": f.kind, "when": when}),
+            );
         }
         Ok(())
     }
@@ -386,7 +454,9 @@ impl Runner {
             return Ok(0);
         }
         let Some(name) = spec.strip_prefix("shared-with:") else {
-            return Err(format!("group {spec:?}: use \"own\" or \"shared-with:<name>\""));
+            return Err(format!(
+                "group {spec:?}: use \"own\" or \"shared-with:<name>\""
+            ));
         };
         self.procs
             .iter()
@@ -400,11 +470,17 @@ impl Runner {
             let argv: Vec<String> = if b.command.is_empty() {
                 vec!["sleep".into(), "300".into()]
             } else {
-                b.command.iter().map(|a| self.expand(a)).collect::<Result<_, _>>()?
+                b.command
+                    .iter()
+                    .map(|a| self.expand(a))
+                    .collect::<Result<_, _>>()?
             };
             let pg = self.group_of(&b.group)?;
             let mut cmd = Command::new(&argv[0]);
-            cmd.args(&argv[1..]).env_clear().envs(self.base_env()).process_group(pg);
+            cmd.args(&argv[1..])
+                .env_clear()
+                .envs(self.base_env())
+                .process_group(pg);
             let out = self.dir("logs").join(format!("{}.out", b.name));
             let err = self.dir("logs").join(format!("{}.err", b.name));
             cmd.stdin(Stdio::null())
@@ -413,7 +489,10 @@ impl Runner {
             let lock = match &b.lock {
                 Some(p) => {
                     let path = PathBuf::from(self.expand(p)?);
-                    Some(sys::flock_file(&path).map_err(|e| format!("bystander lock {}: {e}", path.display()))?)
+                    Some(
+                        sys::flock_file(&path)
+                            .map_err(|e| format!("bystander lock {}: {e}", path.display()))?,
+                    )
                 }
                 None => None,
             };
@@ -430,7 +509,9 @@ impl Runner {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().map_err(|e| format!("bystander {}: {argv:?}: {e}", b.name))?;
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("bystander {}: {argv:?}: {e}", b.name))?;
             drop(lock); // the bystander is now the only holder
             let pid = child.id() as i32;
             let pgid = if pg == 0 { pid } else { pg };
@@ -491,7 +572,11 @@ impl Runner {
                 c.args(&argv);
                 c
             } else {
-                let a: Vec<String> = s.command.iter().map(|a| self.expand(a)).collect::<Result<_, _>>()?;
+                let a: Vec<String> = s
+                    .command
+                    .iter()
+                    .map(|a| self.expand(a))
+                    .collect::<Result<_, _>>()?;
                 let mut c = Command::new(&a[0]);
                 c.args(&a[1..]);
                 c
@@ -500,7 +585,10 @@ impl Runner {
             let lock = match &s.lock {
                 Some(p) => {
                     let path = PathBuf::from(self.expand(p)?);
-                    Some(sys::flock_file(&path).map_err(|e| format!("server lock {}: {e}", path.display()))?)
+                    Some(
+                        sys::flock_file(&path)
+                            .map_err(|e| format!("server lock {}: {e}", path.display()))?,
+                    )
                 }
                 None => None,
             };
@@ -513,7 +601,12 @@ impl Runner {
             match s.stdin.as_str() {
                 "pipe" => cmd.stdin(Stdio::piped()),
                 "null" => cmd.stdin(Stdio::null()),
-                x => return Err(format!("server {}: stdin {x:?} (use \"pipe\" or \"null\")", s.name)),
+                x => {
+                    return Err(format!(
+                        "server {}: stdin {x:?} (use \"pipe\" or \"null\")",
+                        s.name
+                    ))
+                }
             };
             unsafe {
                 cmd.pre_exec(move || {
@@ -608,7 +701,11 @@ impl Runner {
                 }
                 x => return Err(format!("server {}: ready {x:?} (use \"file\", \"exit\", \"event:<event>[:<detail>]\" or \"none\")", s.name)),
             }
-            self.note(&s.name, "runner-ready", proc_.ready.clone().unwrap_or(Value::Null));
+            self.note(
+                &s.name,
+                "runner-ready",
+                proc_.ready.clone().unwrap_or(Value::Null),
+            );
             self.procs.push(proc_);
         }
         Ok(())
@@ -616,11 +713,19 @@ impl Runner {
 
     fn write_managed_pids(&self) -> Result<PathBuf, String> {
         let mut pids = vec![];
-        for p in self.procs.iter().filter(|p| p.is_server && p.spec.as_ref().is_some_and(|s| s.managed)) {
+        for p in self
+            .procs
+            .iter()
+            .filter(|p| p.is_server && p.spec.as_ref().is_some_and(|s| s.managed))
+        {
             pids.extend(p.own_pids());
         }
         let path = self.sandbox.join("managed-pids");
-        fs::write(&path, pids.iter().map(|p| format!("{p}\n")).collect::<String>()).map_err(|e| e.to_string())?;
+        fs::write(
+            &path,
+            pids.iter().map(|p| format!("{p}\n")).collect::<String>(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(path)
     }
 
@@ -636,21 +741,35 @@ impl Runner {
             ("UV_TOOL_DIR".into(), d("tools")),
             ("UV_TOOL_BIN_DIR".into(), d("toolbin")),
             ("FAKE_UV_TOOL_DIR".into(), d("tools")),
-            ("FAKE_UV_LOG".into(), self.sandbox.join("uv.jsonl").to_string_lossy().into_owned()),
-            ("FAKE_UV_MANAGED_PIDS".into(), managed.to_string_lossy().into_owned()),
+            (
+                "FAKE_UV_LOG".into(),
+                self.sandbox.join("uv.jsonl").to_string_lossy().into_owned(),
+            ),
+            (
+                "FAKE_UV_MANAGED_PIDS".into(),
+                managed.to_string_lossy().into_owned(),
+            ),
             ("FAKE_UV_CACHE".into(), d("cache")),
             ("FAKE_UV_LATEST".into(), uv.latest.clone()),
-            ("FAKE_UV_SERVER_BIN".into(), self.fake("fake-server").to_string_lossy().into_owned()),
+            (
+                "FAKE_UV_SERVER_BIN".into(),
+                self.fake("fake-server").to_string_lossy().into_owned(),
+            ),
             ("RUST_BACKTRACE".into(), "1".into()),
         ]);
         let behavior = match uv.behavior.as_str() {
-            "succeed" | "absent" | "hang" | "delete-env-then-fail" | "fail-prepare" | "broken-entry" => {
-                "succeed".to_string()
-            }
+            "succeed"
+            | "absent"
+            | "hang"
+            | "delete-env-then-fail"
+            | "fail-prepare"
+            | "broken-entry" => "succeed".to_string(),
             "fail" => format!(
                 "fail:{}:{}",
                 uv.code.unwrap_or(2),
-                uv.stderr.clone().unwrap_or_else(|| "fake uv stderr line".into())
+                uv.stderr
+                    .clone()
+                    .unwrap_or_else(|| "fake uv stderr line".into())
             ),
             "sleep" => format!("sleep:{}", uv.ms.unwrap_or(1000)),
             x => return Err(format!("[uv] behavior {x:?} unknown")),
@@ -674,7 +793,10 @@ impl Runner {
         }
         if self.differential() {
             env.push(("_MEMTOMEM_TEST_RUNTIME_DIR".into(), d("runtime")));
-            env.push(("PYTEST_CURRENT_TEST".into(), format!("scenarios/{} (call)", self.cfg.name)));
+            env.push((
+                "PYTEST_CURRENT_TEST".into(),
+                format!("scenarios/{} (call)", self.cfg.name),
+            ));
         }
         for (k, v) in &self.sc.upgrade.env {
             env.retain(|(ek, _)| ek != k);
@@ -689,19 +811,29 @@ impl Runner {
             (Some(_), Some(a)) => a.clone(),
             _ => self.sc.upgrade.args.clone(),
         };
-        let args: Vec<String> = args.iter().map(|a| self.expand(a)).collect::<Result<_, _>>()?;
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| self.expand(a))
+            .collect::<Result<_, _>>()?;
         let mut args = args;
         if self.cfg.other.is_none() {
             let ev = self.dir("events").join("upgrader.jsonl");
             args.extend(["--events".to_string(), ev.to_string_lossy().into_owned()]);
         }
         let mut argv = match &self.cfg.other {
-            Some(cmd) => vec!["/bin/sh".into(), "-c".into(), format!("exec {cmd} \"$@\""), "upgrader".into()],
+            Some(cmd) => vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("exec {cmd} \"$@\""),
+                "upgrader".into(),
+            ],
             None => vec![self
                 .cfg
                 .mm_upgrade
                 .as_ref()
-                .ok_or("no mm-upgrade binary (build the root package, or set MM_SCENARIO_MM_UPGRADE)")?
+                .ok_or(
+                    "no mm-upgrade binary (build the root package, or set MM_SCENARIO_MM_UPGRADE)",
+                )?
                 .to_string_lossy()
                 .into_owned()],
         };
@@ -728,14 +860,20 @@ impl Runner {
         }
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).env_clear().envs(env).process_group(0);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 let mut buf = [0u8; 24];
                 let pid = sys::fmt_pid(libc::getpid(), &mut buf);
                 for (path, parts) in &early {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644);
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                        0o644,
+                    );
                     if fd < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -753,7 +891,9 @@ impl Runner {
         let start = Instant::now();
         self.note("upgrader", "start", json!({"argv": argv}));
         self.upgrader_start_mono = sys::mono_ns();
-        let mut child = cmd.spawn().map_err(|e| format!("spawning the upgrader {argv:?}: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning the upgrader {argv:?}: {e}"))?;
         let pid = child.id() as i32;
         let mut so = child.stdout.take().unwrap();
         let mut se = child.stderr.take().unwrap();
@@ -774,7 +914,9 @@ impl Runner {
             Some(r) => r,
             None => {
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
-                self.reaper.wait(pid, Instant::now() + Duration::from_secs(5)).ok_or("upgrader unkillable")?
+                self.reaper
+                    .wait(pid, Instant::now() + Duration::from_secs(5))
+                    .ok_or("upgrader unkillable")?
             }
         };
         let duration = start.elapsed();
@@ -787,7 +929,11 @@ impl Runner {
         // The upgrader's own stragglers (its process group) must not hold the pipes open.
         let out = join_with_timeout(t_out, Duration::from_secs(3), pid);
         let err = join_with_timeout(t_err, Duration::from_secs(3), pid);
-        let exit = if libc::WIFEXITED(reaped.status) { Some(libc::WEXITSTATUS(reaped.status)) } else { None };
+        let exit = if libc::WIFEXITED(reaped.status) {
+            Some(libc::WEXITSTATUS(reaped.status))
+        } else {
+            None
+        };
         self.upgrader = Some(Upgrader {
             cmdline: argv,
             exit,
@@ -801,13 +947,17 @@ impl Runner {
     }
 
     fn write_env_script(&self, argv: &[String]) -> Result<(), String> {
-        let mut s = String::from("# source this to poke at the sandbox with the upgrader's environment\n");
+        let mut s =
+            String::from("# source this to poke at the sandbox with the upgrader's environment\n");
         for (k, v) in &self.env_for_upgrader {
             s.push_str(&format!("export {k}={}\n", shell_quote(v)));
         }
         s.push_str(&format!(
             "# the upgrader run of this scenario:\n# {}\n",
-            argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+            argv.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
         ));
         fs::write(self.sandbox.join("env.sh"), s).map_err(|e| e.to_string())
     }
@@ -820,9 +970,16 @@ impl Runner {
             argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
         );
         for p in &self.procs {
-            msg.push_str(&format!("  {} pid {} (spawned {})\n", p.name, p.pid(), p.spawned));
+            msg.push_str(&format!(
+                "  {} pid {} (spawned {})\n",
+                p.name,
+                p.pid(),
+                p.spawned
+            ));
         }
-        msg.push_str(&format!("touch {sb}/continue (or press Enter) to run the upgrader\n"));
+        msg.push_str(&format!(
+            "touch {sb}/continue (or press Enter) to run the upgrader\n"
+        ));
         eprintln!("{msg}");
         let flag = self.sandbox.join("continue");
         let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -851,7 +1008,11 @@ impl Runner {
     }
 
     fn server_events(&self, name: &str) -> Vec<Value> {
-        self.procs.iter().find(|p| p.name == name).map(|p| Self::read_jsonl(&p.events)).unwrap_or_default()
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| Self::read_jsonl(&p.events))
+            .unwrap_or_default()
     }
 
     fn merged_timeline(&self) -> Vec<Ev> {
@@ -862,21 +1023,48 @@ impl Runner {
             }
             for v in Self::read_jsonl(&p.events) {
                 let mono = v.get("mono_ns").and_then(Value::as_u64).unwrap_or(0);
-                let event = v.get("event").and_then(Value::as_str).unwrap_or("?").to_string();
-                all.push(Ev { mono, source: p.name.clone(), event, fields: v });
+                let event = v
+                    .get("event")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string();
+                all.push(Ev {
+                    mono,
+                    source: p.name.clone(),
+                    event,
+                    fields: v,
+                });
             }
         }
         // mm-upgrade's own --events (t_ms since its start; placed approximately).
         for v in Self::read_jsonl(&self.dir("events").join("upgrader.jsonl")) {
             let t = v.get("t_ms").and_then(Value::as_f64).unwrap_or(0.0);
             let mono = self.upgrader_start_mono + (t * 1e6) as u64;
-            let event = v.get("event").and_then(Value::as_str).unwrap_or("?").to_string();
-            all.push(Ev { mono, source: "mm".into(), event, fields: v });
+            let event = v
+                .get("event")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            all.push(Ev {
+                mono,
+                source: "mm".into(),
+                event,
+                fields: v,
+            });
         }
         for v in self.uv_calls() {
             let mono = v.get("mono_ns").and_then(Value::as_u64).unwrap_or(0);
-            let kind = v.get("kind").and_then(Value::as_str).unwrap_or("?").to_string();
-            all.push(Ev { mono, source: "uv".into(), event: kind, fields: v });
+            let kind = v
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string();
+            all.push(Ev {
+                mono,
+                source: "uv".into(),
+                event: kind,
+                fields: v,
+            });
         }
         for (pid, r) in self.reaper.all() {
             for p in &self.procs {
@@ -915,7 +1103,8 @@ impl Runner {
         for q in &self.procs {
             for v in Self::read_jsonl(&q.events) {
                 let ev = v.get("event").and_then(Value::as_str).unwrap_or("");
-                if ev == "child-exit" && v.get("child").and_then(Value::as_i64) == Some(pid as i64) {
+                if ev == "child-exit" && v.get("child").and_then(Value::as_i64) == Some(pid as i64)
+                {
                     if let Some(c) = v.pointer("/status/code").and_then(Value::as_i64) {
                         return format!("exited({c})");
                     }
@@ -947,15 +1136,31 @@ impl Runner {
             .max()
     }
 
-    /// Every fake-server process that logged a `start`: pid -> (server name, start mono).
+    /// Every fake-server process that logged anything: pid -> (server name, mono of its
+    /// first event). Forked workers log no `start`, so the first event stands for it.
     fn started_processes(&self) -> HashMap<i32, (String, u64)> {
-        let mut out = HashMap::new();
+        let mut out: HashMap<i32, (String, u64)> = HashMap::new();
         for p in self.procs.iter().filter(|p| p.is_server) {
             for v in Self::read_jsonl(&p.events) {
-                if v.get("event").and_then(Value::as_str) == Some("start") {
-                    if let (Some(pid), Some(m)) = (v.get("pid").and_then(Value::as_i64), v.get("mono_ns").and_then(Value::as_u64)) {
-                        out.insert(pid as i32, (p.name.clone(), m));
-                    }
+                let Some(m) = v.get("mono_ns").and_then(Value::as_u64) else {
+                    continue;
+                };
+                // The process itself, and children announced by their parent (`fork`,
+                // `respawn`: logged right after fork, before the child logs anything).
+                let ev = v.get("event").and_then(Value::as_str).unwrap_or("");
+                let child = if ev == "fork" || ev == "respawn" {
+                    v.get("child").and_then(Value::as_i64)
+                } else {
+                    None
+                };
+                for pid in v
+                    .get("pid")
+                    .and_then(Value::as_i64)
+                    .into_iter()
+                    .chain(child)
+                {
+                    let e = out.entry(pid as i32).or_insert((p.name.clone(), m));
+                    e.1 = e.1.min(m);
                 }
             }
         }
@@ -989,19 +1194,31 @@ impl Runner {
     }
 
     fn check(&mut self) -> Result<(), String> {
-        let Some(up) = self.upgrader.take() else { return Ok(()) };
+        let Some(up) = self.upgrader.take() else {
+            return Ok(());
+        };
         let diff = self.differential();
         let e = std::mem::take(&mut self.sc.expect);
 
         if up.timed_out {
-            self.fail(format!("the upgrader did not finish within {:?} and was killed", up.duration));
+            self.fail(format!(
+                "the upgrader did not finish within {:?} and was killed",
+                up.duration
+            ));
         }
         // Exit code.
         if let Some(want) = e.exit_code {
             let got = up.exit;
-            let ok = if diff { exit_class(got) == exit_class(Some(want)) } else { got == Some(want) };
+            let ok = if diff {
+                exit_class(got) == exit_class(Some(want))
+            } else {
+                got == Some(want)
+            };
             if !ok {
-                self.fail(format!("exit code: expected {want}, got {}", up.status_text));
+                self.fail(format!(
+                    "exit code: expected {want}, got {}",
+                    up.status_text
+                ));
             }
         }
         // Duration.
@@ -1025,7 +1242,9 @@ impl Runner {
                 Err(err) => {
                     // A usage error (exit 2) may legitimately print no JSON.
                     if up.exit != Some(2) || !up.stdout.trim().is_empty() {
-                        self.fail(format!("--json: stdout is not exactly one JSON document ({err})"));
+                        self.fail(format!(
+                            "--json: stdout is not exactly one JSON document ({err})"
+                        ));
                     }
                     None
                 }
@@ -1043,7 +1262,9 @@ impl Runner {
                         self.fail(format!("json: {er}"));
                     }
                 }
-                None => self.fail("json: expected a JSON document on stdout, found none".to_string()),
+                None => {
+                    self.fail("json: expected a JSON document on stdout, found none".to_string())
+                }
             }
         }
         // Text.
@@ -1058,7 +1279,10 @@ impl Runner {
                 for pat in pats {
                     let pat = self.expand(pat)?;
                     if text.contains(&pat) != want {
-                        self.fail(format!("{what} {} {pat:?}", if want { "lacks" } else { "contains" }));
+                        self.fail(format!(
+                            "{what} {} {pat:?}",
+                            if want { "lacks" } else { "contains" }
+                        ));
                     }
                 }
             }
@@ -1084,7 +1308,11 @@ impl Runner {
         let calls = self.uv_calls();
         for c in &calls {
             if c.get("kind").and_then(Value::as_str) == Some("install") {
-                let alive = c.get("managed_alive").and_then(Value::as_array).map(|a| a.len()).unwrap_or(0);
+                let alive = c
+                    .get("managed_alive")
+                    .and_then(Value::as_array)
+                    .map(|a| a.len())
+                    .unwrap_or(0);
                 if alive > 0 {
                     self.fail(format!(
                         "uv install ran while old-generation processes were alive: {} (argv {})",
@@ -1093,24 +1321,41 @@ impl Runner {
                 }
             }
         }
-        let count = |k: &str| calls.iter().filter(|c| c.get("kind").and_then(Value::as_str) == Some(k)).count();
+        let count = |k: &str| {
+            calls
+                .iter()
+                .filter(|c| c.get("kind").and_then(Value::as_str) == Some(k))
+                .count()
+        };
         if let Some(n) = e.uv_installs {
             if count("install") != n {
-                self.fail(format!("uv install calls: expected {n}, got {}", count("install")));
+                self.fail(format!(
+                    "uv install calls: expected {n}, got {}",
+                    count("install")
+                ));
             }
         }
         if !diff {
             if let Some(n) = e.uv_prepares {
                 if count("prepare") != n {
-                    self.fail(format!("uv prepare calls: expected {n}, got {}", count("prepare")));
+                    self.fail(format!(
+                        "uv prepare calls: expected {n}, got {}",
+                        count("prepare")
+                    ));
                 }
             }
             for want in &e.uv_calls {
                 let found = calls.iter().any(|c| {
-                    let argv: Vec<&str> = c["argv"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                    let argv: Vec<&str> = c["argv"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
                     c.get("kind").and_then(Value::as_str) == Some(want.kind.as_str())
                         && want.args_contain.iter().all(|a| argv.contains(&a.as_str()))
-                        && !want.args_not_contain.iter().any(|a| argv.contains(&a.as_str()))
+                        && !want
+                            .args_not_contain
+                            .iter()
+                            .any(|a| argv.contains(&a.as_str()))
                 });
                 if !found {
                     self.fail(format!(
@@ -1123,7 +1368,9 @@ impl Runner {
         if let Some(want) = &e.installed {
             let got = installed_version(self.dir("tools")).unwrap_or_else(|| "none".into());
             if &got != want {
-                self.fail(format!("installed version afterwards: expected {want}, got {got}"));
+                self.fail(format!(
+                    "installed version afterwards: expected {want}, got {got}"
+                ));
             }
         }
 
@@ -1138,7 +1385,13 @@ impl Runner {
             let pat = self.expand(f)?;
             let hits = glob(&pat);
             if !hits.is_empty() {
-                self.fail(format!("file should be absent: {}", hits.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")));
+                self.fail(format!(
+                    "file should be absent: {}",
+                    hits.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
         }
         for (f, want) in &e.file_contents {
@@ -1146,7 +1399,10 @@ impl Runner {
             let want = self.expand(want)?;
             match fs::read(&path) {
                 Ok(b) if b == want.as_bytes() => {}
-                Ok(b) => self.fail(format!("{path}: content {:?}, expected {want:?}", String::from_utf8_lossy(&b))),
+                Ok(b) => self.fail(format!(
+                    "{path}: content {:?}, expected {want:?}",
+                    String::from_utf8_lossy(&b)
+                )),
                 Err(err) => self.fail(format!("{path}: {err}")),
             }
         }
@@ -1166,7 +1422,10 @@ impl Runner {
                     w => outcome == w,
                 };
                 if !ok {
-                    self.fail(format!("server {name} (pid {}): expected {want}, got {outcome}", self.procs[idx].pid()));
+                    self.fail(format!(
+                        "server {name} (pid {}): expected {want}, got {outcome}",
+                        self.procs[idx].pid()
+                    ));
                 }
             }
             let events = self.server_events(&name);
@@ -1192,7 +1451,10 @@ impl Runner {
                 for p in self.procs[idx].own_pids() {
                     let alive = sys::is_alive(p);
                     if (want == "dead" && alive) || (want == "alive" && !alive) {
-                        self.fail(format!("server {name}: process {p} ({}) should be {want}", sys::cmdline(p)));
+                        self.fail(format!(
+                            "server {name}: process {p} ({}) should be {want}",
+                            sys::cmdline(p)
+                        ));
                     }
                 }
             }
@@ -1205,10 +1467,16 @@ impl Runner {
             }
             let p = &self.procs[i];
             if !sys::is_alive(p.spawned) {
-                let how = self.reaper.get(p.spawned).map(|r| sys::describe_status(r.status)).unwrap_or("dead".into());
+                let how = self
+                    .reaper
+                    .get(p.spawned)
+                    .map(|r| sys::describe_status(r.status))
+                    .unwrap_or("dead".into());
                 let name = p.name.clone();
                 let pid = p.spawned;
-                self.fail(format!("bystander {name} (pid {pid}) did not survive: {how}"));
+                self.fail(format!(
+                    "bystander {name} (pid {pid}) did not survive: {how}"
+                ));
             }
         }
         for (sig, from) in sys::recorded_signals() {
@@ -1245,7 +1513,10 @@ impl Runner {
         }
         for pat in &e.never {
             if let Some(ev) = tl.iter().find(|ev| ev_matches(ev, pat)) {
-                self.fail(format!("never: {pat:?} happened: {} {}", ev.source, ev.fields));
+                self.fail(format!(
+                    "never: {pat:?} happened: {} {}",
+                    ev.source, ev.fields
+                ));
             }
         }
 
@@ -1292,7 +1563,12 @@ impl Runner {
         if e.new_generation_only {
             let end = self.install_end();
             for (pid, (name, m)) in &started {
-                let elders: Vec<i32> = self.procs.iter().filter(|p| &p.name == name).flat_map(|p| p.elders()).collect();
+                let elders: Vec<i32> = self
+                    .procs
+                    .iter()
+                    .filter(|p| &p.name == name)
+                    .flat_map(|p| p.elders())
+                    .collect();
                 if sys::is_alive(*pid) && !elders.contains(pid) && end.is_none_or(|end| *m <= end) {
                     self.fail(format!(
                         "server {name}: pid {pid} of the old generation (started before the install finished) is still running"
@@ -1300,11 +1576,28 @@ impl Runner {
                 }
             }
         }
-        let leftovers: Vec<String> = sys::descendants(me)
-            .into_iter()
-            .filter(|d| !allowed.contains(&d.pid))
-            .map(|d| format!("pid {} [{}] {}", d.pid, d.state, sys::cmdline(d.pid)))
-            .collect();
+        // A process may be caught mid-way (just forked, not logged yet; exiting): re-check
+        // for a short while before calling it left behind.
+        let deadline = Instant::now() + sys::scaled(1.0);
+        let leftovers: Vec<String> = loop {
+            let mut allowed_now = allowed.clone();
+            if let Some(end) = self.install_end() {
+                for (pid, (_, m)) in self.started_processes() {
+                    if m > end {
+                        allowed_now.insert(pid);
+                    }
+                }
+            }
+            let left: Vec<String> = sys::descendants(me)
+                .into_iter()
+                .filter(|d| !allowed_now.contains(&d.pid))
+                .map(|d| format!("pid {} [{}] {}", d.pid, d.state, sys::cmdline(d.pid)))
+                .collect();
+            if left.is_empty() || Instant::now() >= deadline {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         if !leftovers.is_empty() {
             self.fail(format!("processes left behind: {}", leftovers.join("; ")));
         }
@@ -1336,7 +1629,11 @@ impl Runner {
         if let Some(up) = &self.upgrader {
             r.push_str(&format!(
                 "--- upgrader: {} -> {} in {} ms\n",
-                up.cmdline.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "),
+                up.cmdline
+                    .iter()
+                    .map(|a| shell_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 up.status_text,
                 up.duration.as_millis()
             ));
@@ -1365,7 +1662,10 @@ impl Runner {
             }
             let err = fs::read_to_string(&p.stderr).unwrap_or_default();
             if !err.trim().is_empty() {
-                r.push_str(&format!("  stderr: {}\n", err.trim_end().replace('\n', "\n          ")));
+                r.push_str(&format!(
+                    "  stderr: {}\n",
+                    err.trim_end().replace('\n', "\n          ")
+                ));
             }
             let _ = &p.stdout;
         }
@@ -1374,7 +1674,11 @@ impl Runner {
         let t0 = tl.first().map(|e| e.mono).unwrap_or(0);
         for ev in &tl {
             let detail = match ev.source.as_str() {
-                "uv" => ev.fields.get("argv").map(|a| a.to_string()).unwrap_or_default(),
+                "uv" => ev
+                    .fields
+                    .get("argv")
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
                 _ => {
                     let mut f = ev.fields.clone();
                     if let Some(o) = f.as_object_mut() {
@@ -1393,7 +1697,10 @@ impl Runner {
                 detail
             ));
         }
-        r.push_str(&format!("--- runtime dir after the run:\n{}", list_dir(self.dir("runtime"))));
+        r.push_str(&format!(
+            "--- runtime dir after the run:\n{}",
+            list_dir(self.dir("runtime"))
+        ));
         r
     }
 
@@ -1411,11 +1718,21 @@ impl Runner {
 pub fn run_one(cfg: Config) -> (Outcome, String) {
     let text = match fs::read_to_string(&cfg.scenario_path) {
         Ok(t) => t,
-        Err(e) => return (Outcome::Fail, format!("{}: {e}", cfg.scenario_path.display())),
+        Err(e) => {
+            return (
+                Outcome::Fail,
+                format!("{}: {e}", cfg.scenario_path.display()),
+            )
+        }
     };
     let sc: Scenario = match toml::from_str(&text) {
         Ok(s) => s,
-        Err(e) => return (Outcome::Fail, format!("{}: {e}", cfg.scenario_path.display())),
+        Err(e) => {
+            return (
+                Outcome::Fail,
+                format!("{}: {e}", cfg.scenario_path.display()),
+            )
+        }
     };
     if std::process::id() != 1 {
         sys::set_subreaper();
@@ -1427,23 +1744,27 @@ pub fn run_one(cfg: Config) -> (Outcome, String) {
         Ok(r) => r,
         Err(e) => return (Outcome::Fail, e),
     };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
-        r.setup_sandbox()?;
-        r.plant_files("before-servers")?;
-        r.start_bystanders()?;
-        r.start_servers()?;
-        r.plant_files("after-servers")?;
-        let managed = r.write_managed_pids()?;
-        r.run_upgrader(&managed)?;
-        r.settle();
-        r.check()
-    }));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
+            r.setup_sandbox()?;
+            r.plant_files("before-servers")?;
+            r.start_bystanders()?;
+            r.start_servers()?;
+            r.plant_files("after-servers")?;
+            let managed = r.write_managed_pids()?;
+            r.run_upgrader(&managed)?;
+            r.settle();
+            r.check()
+        }));
     let setup_error = match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
         Err(p) => Some(format!(
             "runner panicked: {}",
-            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
         )),
     };
     let passed = setup_error.is_none() && r.failures.is_empty();
@@ -1451,7 +1772,11 @@ pub fn run_one(cfg: Config) -> (Outcome, String) {
     r.teardown();
     let mut report = report;
     if keep || !passed && std::env::var("MM_SCENARIO_KEEP_FAILED").is_ok() {
-        report.push_str(&format!("--- sandbox kept: {}\n    . {}/env.sh\n", r.sandbox.display(), r.sandbox.display()));
+        report.push_str(&format!(
+            "--- sandbox kept: {}\n    . {}/env.sh\n",
+            r.sandbox.display(),
+            r.sandbox.display()
+        ));
     } else {
         let _ = fs::remove_dir_all(&r.sandbox);
     }
@@ -1459,6 +1784,33 @@ pub fn run_one(cfg: Config) -> (Outcome, String) {
 }
 
 // ---- helpers -------------------------------------------------------------------------------
+
+/// A minimal, valid SQLite database (page size 512, one empty table `memories`), for
+/// `[[file]] kind = "sqlite"`: a store that exists, as a real memtomem store would.
+const EMPTY_SQLITE_HEX: &str = concat!(
+    "53514c69746520666f726d61742033000200010100402020000000020000000200000000000000000000000200000004",
+    "000000000000000000000001000000000000000000000000000000000000000000000000000000000000000000000002",
+    "002e63010d0000000101ca0001ca00000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000340106171d1d013d7461626c656d656d6f726965736d",
+    "656d6f7269657302435245415445205441424c45206d656d6f726965732878290d000000000200000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "00000000000000000000000000000000",
+);
 
 fn join_with_timeout(h: std::thread::JoinHandle<Vec<u8>>, limit: Duration, pgid: i32) -> Vec<u8> {
     let deadline = Instant::now() + limit;
@@ -1478,7 +1830,9 @@ pub fn digest(path: &str) -> String {
 }
 
 fn iso_offset(secs: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let t = time::OffsetDateTime::from_unix_timestamp(now.as_secs() as i64 + secs).unwrap()
         + time::Duration::microseconds(now.subsec_micros() as i64);
     format!(
@@ -1498,11 +1852,17 @@ fn hex_decode(h: &str) -> Result<Vec<u8>, String> {
     if h.len() % 2 != 0 {
         return Err("content_hex: odd length".into());
     }
-    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|e| e.to_string())).collect()
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
 }
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -1526,15 +1886,26 @@ fn toml_to_json(v: &toml::Value) -> Value {
         toml::Value::Boolean(b) => json!(b),
         toml::Value::Datetime(d) => json!(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
     }
 }
 
 /// Subset match: objects by key (`"<absent>"` = key must be missing), arrays of equal
-/// length matched without regard to order, strings with placeholders, `"<any>"`,
+/// length matched without regard to order (a leading `"..."` element: at least these), strings with placeholders, `"<any>"`,
 /// `"<nonempty>"`, `"~substring"` (case-insensitive); a string also matches a number
 /// that prints the same (so `"{pid:main}"` matches a pid).
-fn json_match(r: &Runner, want: &Value, got: &Value, path: &str, errs: &mut Vec<String>, diff: bool) {
+fn json_match(
+    r: &Runner,
+    want: &Value,
+    got: &Value,
+    path: &str,
+    errs: &mut Vec<String>,
+    diff: bool,
+) {
     match want {
         Value::Object(m) => {
             let Some(g) = got.as_object() else {
@@ -1548,7 +1919,9 @@ fn json_match(r: &Runner, want: &Value, got: &Value, path: &str, errs: &mut Vec<
                 let p = format!("{path}.{k}");
                 match (w.as_str(), g.get(k)) {
                     (Some("<absent>"), None) => {}
-                    (Some("<absent>"), Some(v)) => errs.push(format!("{p}: expected absent, got {v}")),
+                    (Some("<absent>"), Some(v)) => {
+                        errs.push(format!("{p}: expected absent, got {v}"))
+                    }
                     (_, None) => errs.push(format!("{p}: missing (expected {w})")),
                     (_, Some(v)) => json_match(r, w, v, &p, errs, diff),
                 }
@@ -1559,8 +1932,17 @@ fn json_match(r: &Runner, want: &Value, got: &Value, path: &str, errs: &mut Vec<
                 errs.push(format!("{path}: expected an array, got {got}"));
                 return;
             };
-            if ws.len() != gs.len() {
-                errs.push(format!("{path}: expected {} elements {want}, got {}: {got}", ws.len(), gs.len()));
+            // A leading "..." means "at least these elements".
+            let (ws, at_least) = match ws.first().and_then(Value::as_str) {
+                Some("...") => (&ws[1..], true),
+                _ => (&ws[..], false),
+            };
+            if (!at_least && ws.len() != gs.len()) || ws.len() > gs.len() {
+                errs.push(format!(
+                    "{path}: expected {} elements {want}, got {}: {got}",
+                    ws.len(),
+                    gs.len()
+                ));
                 return;
             }
             let mut used = vec![false; gs.len()];
@@ -1717,7 +2099,12 @@ fn list_dir(dir: &Path) -> String {
             let p = e.path();
             let md = fs::symlink_metadata(&p);
             let desc = match &md {
-                Ok(m) if m.file_type().is_symlink() => format!("-> {}", fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default()),
+                Ok(m) if m.file_type().is_symlink() => format!(
+                    "-> {}",
+                    fs::read_link(&p)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                ),
                 Ok(m) if m.is_dir() => {
                     stack.push(p.clone());
                     format!("dir {:o}", m.permissions().mode() & 0o7777)
@@ -1725,7 +2112,10 @@ fn list_dir(dir: &Path) -> String {
                 Ok(m) => format!("{} bytes {:o}", m.len(), m.permissions().mode() & 0o7777),
                 Err(e) => e.to_string(),
             };
-            out.push_str(&format!("  {} {desc}\n", p.strip_prefix(dir).unwrap_or(&p).display()));
+            out.push_str(&format!(
+                "  {} {desc}\n",
+                p.strip_prefix(dir).unwrap_or(&p).display()
+            ));
         }
     }
     out
@@ -1733,13 +2123,25 @@ fn list_dir(dir: &Path) -> String {
 
 fn write_tool_env(tools: &Path, extras: &[String], version: &str) -> std::io::Result<()> {
     let env = tools.join("memtomem");
-    let dist = env.join(format!("lib/python3.12/site-packages/memtomem-{version}.dist-info"));
+    let dist = env.join(format!(
+        "lib/python3.12/site-packages/memtomem-{version}.dist-info"
+    ));
     fs::create_dir_all(&dist)?;
-    fs::write(dist.join("METADATA"), format!("Metadata-Version: 2.1\nName: memtomem\nVersion: {version}\n"))?;
+    fs::write(
+        dist.join("METADATA"),
+        format!("Metadata-Version: 2.1\nName: memtomem\nVersion: {version}\n"),
+    )?;
     let extras_part = if extras.is_empty() {
         String::new()
     } else {
-        format!(", extras = [{}]", extras.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", "))
+        format!(
+            ", extras = [{}]",
+            extras
+                .iter()
+                .map(|e| format!("{e:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
     fs::write(
         env.join("uv-receipt.toml"),
@@ -1750,9 +2152,15 @@ fn write_tool_env(tools: &Path, extras: &[String], version: &str) -> std::io::Re
 fn installed_version(tools: &Path) -> Option<String> {
     let lib = tools.join("memtomem/lib");
     for py in fs::read_dir(lib).ok()?.flatten() {
-        for e in fs::read_dir(py.path().join("site-packages")).ok()?.flatten() {
+        for e in fs::read_dir(py.path().join("site-packages"))
+            .ok()?
+            .flatten()
+        {
             let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(v) = n.strip_prefix("memtomem-").and_then(|v| v.strip_suffix(".dist-info")) {
+            if let Some(v) = n
+                .strip_prefix("memtomem-")
+                .and_then(|v| v.strip_suffix(".dist-info"))
+            {
                 return Some(v.to_string());
             }
         }
@@ -1763,11 +2171,9 @@ fn installed_version(tools: &Path) -> Option<String> {
 impl Proc {
     fn ready_from_file(&mut self, path: &Path, deadline: Instant) -> bool {
         loop {
-            if let Ok(v) = fs::read_to_string(path).map(|t| serde_json::from_str::<Value>(&t)) {
-                if let Ok(v) = v {
-                    self.ready = Some(v);
-                    return true;
-                }
+            if let Ok(Ok(v)) = fs::read_to_string(path).map(|t| serde_json::from_str::<Value>(&t)) {
+                self.ready = Some(v);
+                return true;
             }
             if Instant::now() >= deadline {
                 return false;

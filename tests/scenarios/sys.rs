@@ -11,7 +11,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -82,7 +85,10 @@ pub struct Reaper {
 
 impl Reaper {
     pub fn start() -> Arc<Reaper> {
-        let r = Arc::new(Reaper { map: Mutex::new(HashMap::new()), cv: Condvar::new() });
+        let r = Arc::new(Reaper {
+            map: Mutex::new(HashMap::new()),
+            cv: Condvar::new(),
+        });
         let r2 = r.clone();
         std::thread::Builder::new()
             .name("reaper".into())
@@ -91,7 +97,13 @@ impl Reaper {
                 let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
                 if pid > 0 {
                     let mut m = r2.map.lock().unwrap();
-                    m.insert(pid, Reaped { status, mono_ns: mono_ns() });
+                    m.insert(
+                        pid,
+                        Reaped {
+                            status,
+                            mono_ns: mono_ns(),
+                        },
+                    );
                     r2.cv.notify_all();
                 } else {
                     std::thread::sleep(Duration::from_millis(3));
@@ -120,7 +132,10 @@ impl Reaper {
             if now >= deadline {
                 return None;
             }
-            let (g, _) = self.cv.wait_timeout(m, (deadline - now).min(Duration::from_millis(50))).unwrap();
+            let (g, _) = self
+                .cv
+                .wait_timeout(m, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap();
             m = g;
         }
     }
@@ -164,7 +179,9 @@ pub fn cmdline(pid: i32) -> String {
 }
 
 pub fn process_table() -> Vec<ProcInfo> {
-    let Ok(dir) = fs::read_dir("/proc") else { return vec![] };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return vec![];
+    };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
         .filter_map(proc_info)
@@ -224,8 +241,8 @@ pub fn kill_all_descendants(limit: Duration) {
     }
 }
 
-/// SIGKILL every process whose environment carries `MM_SCENARIO_RUN_ID=<run_id>`
-/// (processes that escaped every other containment layer).
+/// SIGKILL every process whose environment carries `MM_SCENARIO_RUN_ID=<run_id>` or
+/// `<run_id>/<anything>` (processes that escaped every other containment layer).
 pub fn sweep_run_id(run_id: &str) -> Vec<i32> {
     let needle = format!("MM_SCENARIO_RUN_ID={run_id}");
     let me = std::process::id() as i32;
@@ -235,7 +252,11 @@ pub fn sweep_run_id(run_id: &str) -> Vec<i32> {
             continue;
         }
         if let Ok(env) = fs::read(format!("/proc/{}/environ", p.pid)) {
-            if env.split(|c| *c == 0).any(|v| v == needle.as_bytes()) {
+            let sub = format!("{needle}/");
+            if env
+                .split(|c| *c == 0)
+                .any(|v| v == needle.as_bytes() || v.starts_with(sub.as_bytes()))
+            {
                 unsafe { libc::kill(p.pid, libc::SIGKILL) };
                 killed.push(p.pid);
             }
@@ -247,7 +268,11 @@ pub fn sweep_run_id(run_id: &str) -> Vec<i32> {
 /// Hold an exclusive BSD flock on `path` (created if needed). The lock lives as long as
 /// the returned file (and any descriptor duplicated from it).
 pub fn flock_file(path: &Path) -> std::io::Result<fs::File> {
-    let f = fs::OpenOptions::new().read(true).append(true).create(true).open(path)?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
@@ -266,7 +291,11 @@ extern "C" fn record_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: 
     let i = REC_N.fetch_add(1, Ordering::SeqCst);
     if i < SLOTS {
         REC_SIG[i].store(sig, Ordering::SeqCst);
-        let pid = if info.is_null() { 0 } else { unsafe { (*info).si_pid() } };
+        let pid = if info.is_null() {
+            0
+        } else {
+            unsafe { (*info).si_pid() }
+        };
         REC_PID[i].store(pid, Ordering::SeqCst);
     }
 }
@@ -297,7 +326,14 @@ pub fn install_signal_recorder() {
 /// (signal, sender pid) pairs received so far.
 pub fn recorded_signals() -> Vec<(i32, i32)> {
     let n = REC_N.load(Ordering::SeqCst).min(SLOTS);
-    (0..n).map(|i| (REC_SIG[i].load(Ordering::SeqCst), REC_PID[i].load(Ordering::SeqCst))).collect()
+    (0..n)
+        .map(|i| {
+            (
+                REC_SIG[i].load(Ordering::SeqCst),
+                REC_PID[i].load(Ordering::SeqCst),
+            )
+        })
+        .collect()
 }
 
 /// Format `n` as decimal into `buf` without allocating (safe between fork and exec).

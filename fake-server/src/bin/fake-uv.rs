@@ -106,12 +106,38 @@ impl Call {
     }
 }
 
-/// Package spec from the argv: the first argument starting with "memtomem".
+/// Package spec from the argv: the last argument starting with "memtomem" that is not
+/// the value of an option (`--reinstall-package memtomem`, `--with ...`).
 fn spec(argv: &[String]) -> Option<&str> {
-    argv.iter()
-        .skip(3)
-        .map(String::as_str)
-        .find(|a| a.starts_with("memtomem"))
+    let takes_value = [
+        "--reinstall-package",
+        "--upgrade-package",
+        "--with",
+        "--from",
+        "--python",
+        "-p",
+        "--index",
+        "--index-url",
+        "--constraints",
+        "-c",
+        "--overrides",
+    ];
+    let mut found = None;
+    let mut skip = false;
+    for a in argv.iter().skip(3) {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if takes_value.contains(&a.as_str()) {
+            skip = true;
+            continue;
+        }
+        if a.starts_with("memtomem") {
+            found = Some(a.as_str());
+        }
+    }
+    found
 }
 
 /// Split `memtomem[a,b]==1.2` into (extras, version).
@@ -145,7 +171,9 @@ fn write_bin(bin_dir: Option<&str>, broken: bool) -> std::io::Result<()> {
         let p = bin.join(name);
         let _ = fs::remove_file(&p);
         match std::env::var("FAKE_UV_SERVER_BIN") {
-            Ok(server) if !broken && name == "memtomem-server" => std::os::unix::fs::symlink(server, &p)?,
+            Ok(server) if !broken && name == "memtomem-server" => {
+                std::os::unix::fs::symlink(server, &p)?
+            }
             _ => {
                 let body = if broken {
                     "#!/bin/sh\necho 'ModuleNotFoundError: No module named memtomem' >&2\nexit 1\n"
@@ -353,7 +381,9 @@ fn main() {
         "hang" => hang(),
         "sleep" => sleep_ms(parts.next().unwrap_or("0")),
         "broken-entry" => {
-            if let Err(e) = write_env(&target_dir, &extras, &version).and_then(|_| write_bin(bin_dir.as_deref(), true)) {
+            if let Err(e) = write_env(&target_dir, &extras, &version)
+                .and_then(|_| write_bin(bin_dir.as_deref(), true))
+            {
                 eprintln!("error: fake-uv: cannot write {}: {e}", target_dir.display());
                 call.finish(2, "write failed");
             }

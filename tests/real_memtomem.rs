@@ -1,0 +1,1152 @@
+//! End to end against the real memtomem (issue 5, issue 6 "done when").
+//!
+//! Each test gets a scratch HOME and scratch uv tool dirs (`UV_TOOL_DIR`,
+//! `UV_TOOL_BIN_DIR`) with `memtomem==0.6.11` installed by real uv from the
+//! warm cache that `scripts/memtomem-env.sh` prepares (run here once per test
+//! binary when `MM_TEST_UV` is not already set, so a fresh machine needs no
+//! manual setup; a failed setup fails every test with its message, never a
+//! silent skip). Real `memtomem-server` processes run from the scratch bin
+//! dir with an open stdin pipe, each in its own process group, and are
+//! SIGKILLed and reaped on drop (panics included).
+//!
+//! They use the REAL runtime dir `/tmp/memtomem-<euid>`, as users' servers
+//! do, so the tests are `#[serial]`; each test first refuses to run if a
+//! foreign live server or marker is there (mm-upgrade would stop it), and
+//! afterwards removes only the entries that appeared during the test and
+//! that nobody holds. The pid-file name is derived from the scratch HOME's
+//! store, so it never collides with a user's server.
+//!
+//! Readiness is the pid file naming our process with its flock held (from
+//! `/proc/locks`), polled with a deadline; no fixed sleeps. Speed is never
+//! asserted here (see `bench/`).
+#![cfg(feature = "real-memtomem")]
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use serial_test::serial;
+
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+const OLD: &str = "0.6.11";
+const NEW: &str = "0.6.12";
+
+// ---------------------------------------------------------------------------
+// The cached test environment (uv, warm cache, Python 3.12)
+
+/// Variables `scripts/memtomem-env.sh` exports.
+const ENV_KEYS: &[&str] = &[
+    "MM_TEST_CACHE",
+    "MM_TEST_UV",
+    "MM_TEST_UV_VERSION",
+    "MM_TEST_INSTALL_MEMTOMEM",
+    "MM_TEST_MEMTOMEM_VERSIONS",
+    "UV_CACHE_DIR",
+    "UV_PYTHON",
+    "UV_PYTHON_DOWNLOADS",
+    "UV_NO_PROGRESS",
+    "UV_NO_CONFIG",
+    "SSL_CERT_FILE",
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The setup's variables: from our own environment when the caller already
+/// ran the script (`eval "$(bash scripts/memtomem-env.sh)"`, `.ci/run`),
+/// otherwise by running it once for this test binary.
+fn setup() -> &'static [(String, String)] {
+    static SETUP: OnceLock<Result<Vec<(String, String)>, String>> = OnceLock::new();
+    match SETUP.get_or_init(load_setup) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn load_setup() -> Result<Vec<(String, String)>, String> {
+    let have = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if have("MM_TEST_UV") && have("UV_CACHE_DIR") && have("UV_PYTHON") {
+        let vars: Vec<(String, String)> = ENV_KEYS
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
+        if !Path::new(&std::env::var("MM_TEST_UV").unwrap()).is_file() {
+            return Err(format!(
+                "MM_TEST_UV={} is not a file; unset it (the tests then run scripts/memtomem-env.sh) or rerun the script",
+                std::env::var("MM_TEST_UV").unwrap()
+            ));
+        }
+        return Ok(vars);
+    }
+    let script = repo().join("scripts/memtomem-env.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run bash {}: {e}", script.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!(
+            "the real-memtomem tests need uv, Python 3.12 and a warm uv cache; \
+             `bash {}` failed ({}):\n{stderr}",
+            script.display(),
+            out.status
+        ));
+    }
+    parse_exports(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `export NAME=VALUE` lines as printed by bash's `printf %q`: evaluated by
+/// bash itself (the quoting is bash's), names taken from the lines.
+fn parse_exports(text: &str) -> Result<Vec<(String, String)>, String> {
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .collect();
+    if !names.contains(&"MM_TEST_UV") {
+        return Err(format!(
+            "scripts/memtomem-env.sh printed no MM_TEST_UV export:\n{text}"
+        ));
+    }
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#"eval "$1"; shift; for k in "$@"; do printf '%s=%s\0' "$k" "${!k}"; done"#,
+            "bash",
+            text,
+        ])
+        .args(&names)
+        .output()
+        .map_err(|e| format!("cannot run bash: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("evaluating the export lines failed:\n{text}"));
+    }
+    Ok(out
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+fn setup_var(k: &str) -> String {
+    setup()
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("the test setup exports no {k}"))
+}
+
+fn real_uv() -> PathBuf {
+    PathBuf::from(setup_var("MM_TEST_UV"))
+}
+
+// ---------------------------------------------------------------------------
+// A scratch installation
+
+struct Scratch {
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    tools: PathBuf,
+    bin: PathBuf,
+}
+
+impl Scratch {
+    /// Scratch HOME and tool dirs with memtomem==`version` installed by real uv.
+    fn with(version: &str) -> Scratch {
+        setup();
+        let dir = tempfile::Builder::new()
+            .prefix("mm-real-")
+            .tempdir()
+            .unwrap();
+        let sc = Scratch {
+            home: dir.path().join("home"),
+            tools: dir.path().join("tools"),
+            bin: dir.path().join("bin"),
+            dir,
+        };
+        fs::create_dir_all(&sc.home).unwrap();
+        sc.install(version, &[]);
+        sc
+    }
+
+    /// `scripts/install-memtomem.sh` (offline from the warm cache).
+    fn install(&self, version: &str, extra: &[&str]) -> String {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("scripts/install-memtomem.sh"))
+            .arg(&self.tools)
+            .arg(&self.bin)
+            .arg(version)
+            .args(extra);
+        self.env(&mut c);
+        let out = c.stdin(Stdio::null()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "installing memtomem=={version} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn env_dir(&self) -> PathBuf {
+        self.tools.join("memtomem")
+    }
+
+    fn server_bin(&self) -> PathBuf {
+        self.bin.join("memtomem-server")
+    }
+
+    /// Versions of the memtomem dist-info dirs in the scratch tool env.
+    fn installed_versions(&self) -> Vec<String> {
+        let sp = self.env_dir().join("lib/python3.12/site-packages");
+        let mut v: Vec<String> = fs::read_dir(&sp)
+            .map(|r| {
+                r.flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.strip_prefix("memtomem-")?
+                            .strip_suffix(".dist-info")
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn receipt(&self) -> Vec<u8> {
+        fs::read(self.env_dir().join("uv-receipt.toml")).unwrap_or_default()
+    }
+
+    /// Wall-clock seconds of the last install (uv writes the receipt last).
+    fn installed_at(&self) -> f64 {
+        let m = fs::metadata(self.env_dir().join("uv-receipt.toml"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        m.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    }
+
+    /// A confined environment: the setup's uv variables, scratch HOME and
+    /// tool dirs, the setup's uv first on PATH, nothing that moves memtomem's
+    /// runtime dir or store.
+    fn env(&self, c: &mut Command) {
+        for (k, v) in setup() {
+            c.env(k, v);
+        }
+        let uv_dir = real_uv().parent().unwrap().to_path_buf();
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![uv_dir];
+        paths.extend(std::env::split_paths(&path));
+        c.env("PATH", std::env::join_paths(paths).unwrap())
+            .env("HOME", &self.home)
+            .env("UV_TOOL_DIR", &self.tools)
+            .env("UV_TOOL_BIN_DIR", &self.bin);
+        for k in [
+            "XDG_RUNTIME_DIR",
+            "XDG_CONFIG_HOME",
+            "XDG_DATA_HOME",
+            "TMPDIR",
+            "MEMTOMEM_STORAGE__SQLITE_PATH",
+            "_MEMTOMEM_TEST_RUNTIME_DIR",
+            "PYTEST_CURRENT_TEST",
+            "MM_UPGRADE_RUNTIME_DIR",
+            "MM_UPGRADE_HOME",
+            "MM_UPGRADE_UV",
+            "VIRTUAL_ENV",
+        ] {
+            c.env_remove(k);
+        }
+    }
+
+    /// `mm-upgrade ARGS` against the real runtime dir, with the setup's uv.
+    fn upgrade(&self, args: &[&str]) -> Run {
+        self.upgrade_with_uv(args, &real_uv())
+    }
+
+    fn upgrade_with_uv(&self, args: &[&str], uv: &Path) -> Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mm-upgrade"));
+        self.env(&mut c);
+        c.env("MM_UPGRADE_UV", uv).args(args);
+        Run::of(c, args)
+    }
+
+    /// `memtomem-server --help` from the scratch bin dir.
+    fn server_help(&self) -> Output {
+        let mut c = Command::new(self.server_bin());
+        self.env(&mut c);
+        c.arg("--help").stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// A memtomem-server launched the way an MCP client launches it: stdin
+    /// a pipe we keep open, its own process group.
+    fn spawn_server(&self, tag: &str) -> Group {
+        let mut c = Command::new(self.server_bin());
+        self.env(&mut c);
+        Group::spawn(c, self.path(&format!("{tag}.stderr")))
+    }
+}
+
+/// One finished mm-upgrade run.
+struct Run {
+    args: String,
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn of(mut c: Command, args: &[&str]) -> Run {
+        c.stdin(Stdio::null());
+        let out = run_with_timeout(c, Duration::from_secs(300));
+        Run {
+            args: args.join(" "),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "stdout must be one JSON document: {self}");
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("bad JSON ({e}): {self}"))
+    }
+
+    fn expect(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "unexpected exit code: {self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mm-upgrade {} → exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `Command::output` with a deadline (the child is killed past it).
+fn run_with_timeout(mut c: Command, limit: Duration) -> Output {
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let done = Arc::new(AtomicBool::new(false));
+    let d2 = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while !d2.load(Ordering::SeqCst) {
+            if start.elapsed() > limit {
+                // SAFETY: our own child, not yet reaped (done is unset).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    done.store(true, Ordering::SeqCst);
+    watchdog.join().unwrap();
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Processes: a process group we own
+
+struct Group {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pgid: i32,
+    stderr: PathBuf,
+}
+
+impl Group {
+    fn spawn(mut c: Command, stderr: PathBuf) -> Group {
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&stderr)
+                    .unwrap(),
+            )
+            .process_group(0);
+        // SAFETY: umask is async-signal-safe; servers see the umask users have.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
+        let mut child = c.spawn().expect("spawn memtomem-server");
+        let stdin = child.stdin.take();
+        let pgid = child.id() as i32;
+        Group {
+            child,
+            stdin,
+            pgid,
+            stderr,
+        }
+    }
+
+    fn leader(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until a memtomem-server of this group holds the lock on a pid
+    /// file in `rt` that names it. Returns (server pid, pid file).
+    fn wait_ready(&mut self, rt: &Path) -> (i32, PathBuf) {
+        let start = Instant::now();
+        loop {
+            if let Some(found) = ready_server(rt, |pid| pgrp(pid) == Some(self.pgid)) {
+                return found;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "memtomem-server (group {}) exited before it was ready: {st}\n{}",
+                    self.pgid,
+                    self.stderr_text()
+                );
+            }
+            assert!(
+                start.elapsed() < READY_DEADLINE,
+                "memtomem-server (group {}) wrote no locked pid file in {rt:?} within {READY_DEADLINE:?}:\n{}",
+                self.pgid,
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the group leader's exit; None past `within`.
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if start.elapsed() > within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: the group was created for this launch by process_group(0).
+        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server pid file in `rt` whose payload names a pid accepted by `is_ours`
+/// and whose flock that pid holds.
+fn ready_server(rt: &Path, is_ours: impl Fn(i32) -> bool) -> Option<(i32, PathBuf)> {
+    for name in list(rt) {
+        if !(name.starts_with("server") && name.ends_with(".pid")) {
+            continue;
+        }
+        let path = rt.join(&name);
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if is_ours(pid) && flock_holders(&path).contains(&pid) {
+            return Some((pid, path));
+        }
+    }
+    None
+}
+
+/// Pids holding a flock on `path` (by inode, from /proc/locks).
+fn flock_holders(path: &Path) -> Vec<i32> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return vec![];
+    };
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: FLOCK  ADVISORY  WRITE 123 00:1f:4567 0 EOF" ("->" lines are waiters)
+            let i = f.iter().position(|w| *w == "FLOCK")?;
+            if f.get(1) == Some(&"->") {
+                return None;
+            }
+            let pid: i32 = f.get(i + 3)?.parse().ok()?;
+            let ino: u64 = f.get(i + 4)?.rsplit(':').next()?.parse().ok()?;
+            (ino == meta.ino()).then_some(pid)
+        })
+        .collect()
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    // fields from 3 (state) on
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+fn proc_state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+fn pgrp(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(2)?.parse().ok()
+}
+
+/// Alive: exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    !matches!(proc_state(pid), None | Some('Z') | Some('X'))
+}
+
+/// Wall-clock start of `pid` in seconds (CLOCK_BOOTTIME-based, tick precision).
+fn start_wall(pid: i32) -> Option<f64> {
+    let ticks: f64 = stat_fields(pid)?.get(19)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let boot = now - (ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9);
+    Some(boot + ticks / hz)
+}
+
+/// Every running memtomem-server of this scratch installation (by its
+/// command line naming the scratch dir), zombies excluded.
+fn scratch_servers(sc: &Scratch) -> Vec<i32> {
+    let needle = sc.dir.path().to_string_lossy().into_owned();
+    let mut v: Vec<i32> = list(Path::new("/proc"))
+        .into_iter()
+        .filter_map(|n| n.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&needle) && cmd.contains("memtomem-server") && alive(*pid)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Mappings of deleted files under `dir` in /proc/<pid>/maps.
+fn deleted_maps_under(pid: i32, dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with(" (deleted)") && l.contains(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: a process this test started.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real runtime dir, shared with users' servers
+
+struct RealRuntime {
+    dir: PathBuf,
+    existed: bool,
+    before: BTreeSet<String>,
+}
+
+impl RealRuntime {
+    /// Claims /tmp/memtomem-<euid> for one test: fails if a foreign live
+    /// server, web UI or presence marker is there (mm-upgrade would stop it).
+    fn claim() -> RealRuntime {
+        // SAFETY: geteuid has no preconditions.
+        let dir = PathBuf::from(format!("/tmp/memtomem-{}", unsafe { libc::geteuid() }));
+        let existed = dir.symlink_metadata().is_ok();
+        let before = Self::entries(&dir);
+        for rel in &before {
+            let p = dir.join(rel);
+            let live = rel.ends_with(".pid") || rel.starts_with("presence/");
+            if live {
+                let holders = flock_holders(&p);
+                assert!(
+                    holders.is_empty(),
+                    "{} is held by pid(s) {holders:?}: a live memtomem process outside this test. \
+                     The real-memtomem tests share {} with users' servers and mm-upgrade would stop it; \
+                     stop it (or run the tests where no memtomem server runs) and retry.",
+                    p.display(),
+                    dir.display()
+                );
+            }
+        }
+        RealRuntime {
+            dir,
+            existed,
+            before,
+        }
+    }
+
+    fn entries(dir: &Path) -> BTreeSet<String> {
+        let mut s: BTreeSet<String> = list(dir).into_iter().collect();
+        for m in list(&dir.join("presence")) {
+            s.insert(format!("presence/{m}"));
+        }
+        s
+    }
+}
+
+impl Drop for RealRuntime {
+    fn drop(&mut self) {
+        let now = Self::entries(&self.dir);
+        // Files that appeared during the test and that nobody holds now.
+        for rel in now.difference(&self.before) {
+            let p = self.dir.join(rel);
+            if rel == "presence" {
+                continue;
+            }
+            if p.is_file() && flock_holders(&p).is_empty() {
+                let _ = fs::remove_file(&p);
+            }
+        }
+        if !self.before.contains("presence") {
+            let _ = fs::remove_dir(self.dir.join("presence"));
+        }
+        if !self.existed {
+            let _ = fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A client that respawns its server whenever it dies
+
+struct Supervisor {
+    stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<i32>>>,
+    pgids: Arc<Mutex<Vec<i32>>>,
+    thread: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl Supervisor {
+    fn start(sc: &Scratch) -> Supervisor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(Mutex::new(None));
+        let pgids = Arc::new(Mutex::new(Vec::new()));
+        let mut proto = Command::new(sc.server_bin());
+        sc.env(&mut proto);
+        let bin = sc.server_bin();
+        let envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)> = proto
+            .get_envs()
+            .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+            .collect();
+        let log = sc.path("supervised.stderr");
+        let (s2, c2, p2) = (stop.clone(), current.clone(), pgids.clone());
+        let thread = std::thread::spawn(move || {
+            let mut spawned = 0u32;
+            while !s2.load(Ordering::SeqCst) && spawned < 40 {
+                let mut c = Command::new(&bin);
+                for (k, v) in &envs {
+                    match v {
+                        Some(v) => c.env(k, v),
+                        None => c.env_remove(k),
+                    };
+                }
+                let mut g = Group::spawn(c, log.clone());
+                spawned += 1;
+                p2.lock().unwrap().push(g.pgid);
+                *c2.lock().unwrap() = Some(g.pgid);
+                loop {
+                    if s2.load(Ordering::SeqCst) {
+                        return spawned; // g's drop kills and reaps it
+                    }
+                    if g.child.try_wait().unwrap().is_some() {
+                        break; // it died: respawn at once
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            spawned
+        });
+        Supervisor {
+            stop,
+            current,
+            pgids,
+            thread: Some(thread),
+        }
+    }
+
+    fn current_pgid(&self) -> Option<i32> {
+        *self.current.lock().unwrap()
+    }
+
+    /// The supervised server that is ready now (pid, pid file).
+    fn wait_ready(&self, rt: &Path) -> (i32, PathBuf) {
+        let start = Instant::now();
+        loop {
+            if let Some(pg) = self.current_pgid() {
+                if let Some(found) = ready_server(rt, |pid| pgrp(pid) == Some(pg)) {
+                    return found;
+                }
+            }
+            assert!(
+                start.elapsed() < READY_DEADLINE,
+                "the supervised memtomem-server was not ready within {READY_DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn finish(&mut self) -> u32 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(0)
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for pg in self.pgids.lock().unwrap().iter() {
+            // SAFETY: groups this supervisor created.
+            unsafe { libc::kill(-pg, libc::SIGKILL) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cases
+
+fn assert_upgraded(sc: &Scratch) {
+    assert_eq!(
+        sc.installed_versions(),
+        vec![NEW.to_string()],
+        "tool env {:?}",
+        sc.env_dir()
+    );
+}
+
+fn assert_still_old(sc: &Scratch) {
+    assert_eq!(
+        sc.installed_versions(),
+        vec![OLD.to_string()],
+        "tool env {:?}",
+        sc.env_dir()
+    );
+    let help = sc.server_help();
+    assert!(
+        help.status.success(),
+        "{} --help no longer works: {}\n{}",
+        sc.server_bin().display(),
+        help.status,
+        String::from_utf8_lossy(&help.stderr)
+    );
+}
+
+/// (a) one server → stopped, pid file removed, 0.6.12 installed, exit 0, JSON names the pid.
+#[test]
+#[serial(real_memtomem)]
+fn one_server_is_stopped_and_0_6_12_installed_json() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    let mut server = sc.spawn_server("server");
+    let (pid, pid_file) = server.wait_ready(&rt.dir);
+
+    let run = sc.upgrade(&["-y", "--json", "--version", NEW]);
+    let doc = run.expect(0).json();
+    assert_eq!(doc["ok"], true, "{run}");
+    assert_eq!(doc["killed"], serde_json::json!([pid]), "{run}");
+    assert_eq!(doc["removed"], serde_json::json!([pid_file]), "{run}");
+    assert_eq!(doc["version"], NEW, "{run}");
+    assert_eq!(doc["stops"][0]["pid"], pid, "{run}");
+    assert_eq!(
+        doc["stops"][0]["signals"],
+        serde_json::json!(["SIGTERM"]),
+        "{run}"
+    );
+
+    // The server acted on SIGTERM (its handler exits 0) and its file is gone.
+    let st = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("server still running");
+    assert_eq!(st.code(), Some(0), "server exit: {st}");
+    assert!(!pid_file.exists(), "{} left behind", pid_file.display());
+    assert_upgraded(&sc);
+}
+
+/// (a) the human report prints the pid and the pid file.
+#[test]
+#[serial(real_memtomem)]
+fn one_server_is_stopped_and_0_6_12_installed_human() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    let mut server = sc.spawn_server("server");
+    let (pid, pid_file) = server.wait_ready(&rt.dir);
+
+    let run = sc.upgrade(&["-y", "--version", NEW]);
+    run.expect(0);
+    let text = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        text.contains(&pid.to_string()),
+        "pid {pid} not reported: {run}"
+    );
+    let shown = pid_file.to_string_lossy();
+    let tilde = shown.replace(&*sc.home.to_string_lossy(), "~");
+    assert!(
+        text.contains(&*shown) || text.contains(&tilde),
+        "pid file {shown} not reported: {run}"
+    );
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(!pid_file.exists());
+    assert_upgraded(&sc);
+}
+
+/// (b) a client respawns its server whenever it dies: what runs afterwards
+/// runs the new code (started after the install, no deleted mapping of the
+/// installation), and the run reports success.
+#[test]
+#[serial(real_memtomem)]
+fn respawned_servers_end_up_running_the_new_code() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    let mut sup = Supervisor::start(&sc);
+    let (first, _) = sup.wait_ready(&rt.dir);
+
+    let run = sc.upgrade(&["-y", "--json", "--version", NEW]);
+    let doc = run.json();
+    assert_eq!((run.code, &doc["ok"]), (0, &Value::Bool(true)), "{run}");
+    assert!(
+        doc["killed"].as_array().unwrap().contains(&first.into()),
+        "{run}"
+    );
+    assert_upgraded(&sc);
+    let installed_at = sc.installed_at();
+
+    // The client has started a server again; let it come up, then look at
+    // every memtomem-server of this installation.
+    let (now, _) = sup.wait_ready(&rt.dir);
+    assert_ne!(now, first);
+    let running = scratch_servers(&sc);
+    assert!(running.contains(&now), "{now} not among {running:?}");
+    for pid in &running {
+        let deleted = deleted_maps_under(*pid, &sc.tools);
+        assert!(
+            deleted.is_empty(),
+            "pid {pid} maps deleted files of the old installation: {deleted:?}"
+        );
+        let started = start_wall(*pid).unwrap();
+        assert!(
+            started > installed_at,
+            "pid {pid} started at {started:.3}, not after the install at {installed_at:.3}\n{run}"
+        );
+    }
+    let spawned = sup.finish();
+    assert!(spawned >= 2, "the client never respawned ({spawned})");
+}
+
+/// (c) --dry-run changes nothing.
+#[test]
+#[serial(real_memtomem)]
+fn dry_run_changes_nothing() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    let mut server = sc.spawn_server("server");
+    let (pid, pid_file) = server.wait_ready(&rt.dir);
+    let bytes = fs::read(&pid_file).unwrap();
+    let receipt = sc.receipt();
+
+    let run = sc.upgrade(&["--dry-run", "--json", "--version", NEW]);
+    let doc = run.expect(0).json();
+    assert_eq!(doc["dry_run"], true, "{run}");
+    assert_eq!(doc["would_kill"], serde_json::json!([pid]), "{run}");
+    assert_eq!(doc["would_remove"], serde_json::json!([pid_file]), "{run}");
+    // Human dry run too.
+    sc.upgrade(&["--dry-run", "--version", NEW]).expect(0);
+
+    assert!(alive(pid), "the dry run stopped {pid}");
+    assert!(server.wait_exit(Duration::ZERO).is_none());
+    assert_eq!(fs::read(&pid_file).unwrap(), bytes, "pid file changed");
+    assert_eq!(flock_holders(&pid_file), vec![pid]);
+    assert_eq!(sc.receipt(), receipt, "uv receipt changed");
+    assert_still_old(&sc);
+}
+
+/// (d) an impossible version fails before the running server is stopped.
+#[test]
+#[serial(real_memtomem)]
+fn impossible_version_fails_before_stopping_anything() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    let mut server = sc.spawn_server("server");
+    let (pid, pid_file) = server.wait_ready(&rt.dir);
+    let bytes = fs::read(&pid_file).unwrap();
+
+    let run = sc.upgrade(&["-y", "--json", "--version", "99.99.99"]);
+    let doc = run.expect(5).json();
+    assert_eq!(doc["ok"], false, "{run}");
+    assert!(
+        doc["killed"].as_array().is_none_or(|k| k.is_empty()),
+        "something was stopped: {run}"
+    );
+    assert!(alive(pid), "{pid} was stopped: {run}");
+    assert!(server.wait_exit(Duration::ZERO).is_none());
+    assert_eq!(fs::read(&pid_file).unwrap(), bytes);
+    assert_eq!(flock_holders(&pid_file), vec![pid]);
+    assert_still_old(&sc);
+}
+
+/// (e) a server frozen with SIGSTOP gets SIGCONT after SIGTERM and exits
+/// within the grace period, no SIGKILL.
+#[test]
+#[serial(real_memtomem)]
+fn stopped_server_is_continued_and_exits_on_sigterm() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    let mut server = sc.spawn_server("server");
+    let (pid, pid_file) = server.wait_ready(&rt.dir);
+    signal(pid, libc::SIGSTOP);
+    assert!(wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')));
+
+    let run = sc.upgrade(&["-y", "--json", "--grace", "10", "--version", NEW]);
+    let doc = run.expect(0).json();
+    let stop = &doc["stops"][0];
+    assert_eq!(stop["pid"], pid, "{run}");
+    assert_eq!(
+        stop["signals"],
+        serde_json::json!(["SIGTERM", "SIGCONT"]),
+        "{run}"
+    );
+    assert!(stop["after_ms"].as_f64().unwrap() < 10_000.0, "{run}");
+    let st = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("still running");
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "it should exit through its SIGTERM handler: {st}"
+    );
+    assert!(!pid_file.exists());
+    assert_upgraded(&sc);
+}
+
+/// (f) a server whose parent never reaps it: its exit is seen at once, the
+/// grace period (30 s) is not waited out.
+#[test]
+#[serial(real_memtomem)]
+fn server_with_a_non_reaping_parent_is_not_waited_on() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    // The shell backgrounds the server with our stdin pipe, then becomes a
+    // `sleep` that never waits: the server's exit leaves a zombie.
+    let mut c = Command::new("sh");
+    c.args(["-c", r#"exec 3<&0; "$0" <&3 3<&- & exec sleep 1000"#])
+        .arg(sc.server_bin());
+    sc.env(&mut c);
+    let mut group = Group::spawn(c, sc.path("server.stderr"));
+    let (pid, pid_file) = group.wait_ready(&rt.dir);
+    assert_ne!(pid, group.leader());
+
+    let run = sc.upgrade(&["-y", "--json", "--grace", "30", "--version", NEW]);
+    let doc = run.expect(0).json();
+    let stop = &doc["stops"][0];
+    assert_eq!(stop["pid"], pid, "{run}");
+    assert_eq!(stop["signals"], serde_json::json!(["SIGTERM"]), "{run}");
+    assert!(
+        stop["after_ms"].as_f64().unwrap() < 30_000.0,
+        "the grace was waited out: {run}"
+    );
+    assert!(stop.get("escalated").is_none_or(Value::is_null), "{run}");
+    // It is dead and unreaped: the parent really never waited.
+    assert_eq!(proc_state(pid), Some('Z'));
+    assert!(!pid_file.exists());
+    assert_upgraded(&sc);
+}
+
+/// (g) issue 6: `status` calls a server that survived a plain
+/// `uv tool install --reinstall` stale (exit 6) and a fresh one current.
+#[test]
+#[serial(real_memtomem)]
+fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    let mut old = sc.spawn_server("old");
+    let (pid, _) = old.wait_ready(&rt.dir);
+
+    // What users do without mm-upgrade: uv directly, servers left running.
+    sc.install(NEW, &["--reinstall"]);
+    assert_upgraded(&sc);
+
+    let run = sc.upgrade(&["status", "--json"]);
+    let doc = run.expect(6).json();
+    let procs = doc["processes"].as_array().unwrap();
+    let me = procs
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("{pid} not listed: {run}"));
+    assert_eq!(me["generation"], "stale", "{run}");
+    assert!(!me["evidence"].as_array().unwrap().is_empty(), "{run}");
+    sc.upgrade(&["status"]).expect(6);
+
+    signal(pid, libc::SIGTERM);
+    assert!(old.wait_exit(Duration::from_secs(10)).is_some());
+    let mut fresh = sc.spawn_server("fresh");
+    let (pid2, _) = fresh.wait_ready(&rt.dir);
+    let run = sc.upgrade(&["status", "--json"]);
+    let doc = run.expect(0).json();
+    let procs = doc["processes"].as_array().unwrap();
+    let me = procs
+        .iter()
+        .find(|p| p["pid"] == pid2)
+        .unwrap_or_else(|| panic!("{pid2} not listed: {run}"));
+    assert_eq!(me["generation"], "current", "{run}");
+    assert!(procs.iter().all(|p| p["pid"] != pid), "{run}");
+}
+
+/// (h) the install fails at the worst moment (the tool env deleted, then an
+/// error): the previous installation is restored and says so.
+#[test]
+#[serial(real_memtomem)]
+fn failed_install_rolls_back_to_a_working_0_6_11() {
+    let rt = RealRuntime::claim();
+    let sc = Scratch::with(OLD);
+    let mut server = sc.spawn_server("server");
+    let (pid, _) = server.wait_ready(&rt.dir);
+
+    // A stand-in uv: the real one for everything except the final install
+    // (the one with --reinstall / --reinstall-package), which deletes the
+    // tool env and the entry points, then fails.
+    let wrapper = sc.path("uv-breaks-install");
+    let mut f = fs::File::create(&wrapper).unwrap();
+    write!(
+        f,
+        r#"#!/bin/sh
+printf '%s\n' "$*" >> "{log}"
+case " $* " in
+  *" tool install "*--reinstall*)
+    rm -rf "$UV_TOOL_DIR/memtomem" "$UV_TOOL_BIN_DIR/memtomem-server" "$UV_TOOL_BIN_DIR/mm"
+    echo "error: stand-in uv deleted the environment and failed" >&2
+    exit 2 ;;
+esac
+exec "{uv}" "$@"
+"#,
+        log = sc.path("uv.log").display(),
+        uv = real_uv().display()
+    )
+    .unwrap();
+    drop(f);
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let run = sc.upgrade_with_uv(&["-y", "--json", "--version", NEW], &wrapper);
+    let doc = run.expect(5).json();
+    assert_eq!(doc["ok"], false, "{run}");
+    assert_eq!(doc["rolled_back"], true, "{run}");
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("rolled back"),
+        "no \"rolled back\" in the report: {run}"
+    );
+    let log = fs::read_to_string(sc.path("uv.log")).unwrap();
+    assert!(
+        log.contains("--reinstall"),
+        "the final install never ran: {log}"
+    );
+    // The server was stopped (the install had begun), and 0.6.11 works again.
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some(), "{run}");
+    assert!(!alive(pid));
+    assert_still_old(&sc);
+    let human = sc.upgrade_with_uv(&["-y", "--version", NEW], &wrapper);
+    human.expect(5);
+    assert!(
+        format!("{}{}", human.stdout, human.stderr).contains("rolled back"),
+        "{human}"
+    );
+    assert_still_old(&sc);
+}
+
+#[test]
+fn export_lines_are_parsed_like_bash_does() {
+    let vars = parse_exports(
+        "# comment\nexport MM_TEST_UV=/a\\ b/uv\nexport UV_PYTHON='/x/y'\nexport EMPTY=\n",
+    )
+    .unwrap();
+    assert_eq!(
+        vars,
+        vec![
+            ("MM_TEST_UV".to_string(), "/a b/uv".to_string()),
+            ("UV_PYTHON".to_string(), "/x/y".to_string()),
+            ("EMPTY".to_string(), String::new()),
+        ]
+    );
+    assert!(parse_exports("nothing here").is_err());
+}
