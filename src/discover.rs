@@ -291,43 +291,51 @@ pub fn discover(scope: &Scope) -> Inventory {
     }
 
     if scope.scan_processes && scope.install.env_dir.is_some() {
-        let table = table.get_or_insert_with(sys::process_table);
-        let euid = scope.env.euid;
-        for st in table.iter() {
-            if st.state == RunState::Zombie
-                || scope.protected.contains(&st.pid)
-                || inv.instances.iter().any(|i| i.pid == Some(st.pid))
-            {
-                continue;
-            }
-            // Cheap filters first: same owner, then a command line that
-            // mentions the tool at all, before reading its maps.
-            if sys::proc_status(st.pid).and_then(|s| s.uid) != Some(euid) {
-                continue;
-            }
-            let argv = sys::cmdline(st.pid).join(" ");
-            if !argv.contains("memtomem") && !argv.contains("python") && !argv.contains(" mm") {
-                continue;
-            }
-            if let Some(proof) = scope.install.evidence(st.pid) {
-                inv.instances.push(Instance {
-                    role: Role::Unregistered,
-                    source: None,
-                    pid: Some(st.pid),
-                    start_ticks: st.start_ticks,
-                    ppid: st.ppid,
-                    started: None,
-                    evidence: vec![proof],
-                    problem: None,
-                    gap: false,
-                    file_id: None,
-                });
-            }
-        }
+        scan_installation(&mut inv, scope);
     }
     // A process found both as a server and through a marker or scan is
     // reported once; children of a target are handled by the stop stage.
     inv
+}
+
+/// Processes of this installation that hold no memtomem file. One read of
+/// `cmdline` per process filters the table (a thousand unrelated processes
+/// cost a thousand small reads); only candidates get their owner, state and
+/// mappings read.
+fn scan_installation(inv: &mut Inventory, scope: &Scope) {
+    use std::os::unix::fs::MetadataExt as _;
+    for pid in sys::all_pids() {
+        if scope.protected.contains(&pid) || inv.instances.iter().any(|i| i.pid == Some(pid)) {
+            continue;
+        }
+        let Some(argv) = sys::read_proc(&format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let mentions = |needle: &[u8]| argv.windows(needle.len()).any(|w| w == needle);
+        if !mentions(b"memtomem") && !mentions(b"python") {
+            continue;
+        }
+        if fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()).ok() != Some(scope.env.euid) {
+            continue;
+        }
+        let Some(st) = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie) else {
+            continue;
+        };
+        if let Some(proof) = scope.install.evidence(pid) {
+            inv.instances.push(Instance {
+                role: Role::Unregistered,
+                source: None,
+                pid: Some(pid),
+                start_ticks: st.start_ticks,
+                ppid: st.ppid,
+                started: None,
+                evidence: vec![proof],
+                problem: None,
+                gap: false,
+                file_id: None,
+            });
+        }
+    }
 }
 
 fn list_dir(dir: &Path) -> io::Result<Vec<String>> {

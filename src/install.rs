@@ -158,15 +158,21 @@ impl Uv {
     /// `uv tool dir` and `uv tool dir --bin`.
     pub fn tool_dirs(&self) -> Result<(PathBuf, Option<PathBuf>), UvError> {
         let t = Duration::from_secs(10);
-        let dir = self.run("uv tool dir", &["tool".into(), "dir".into()], &[], t)?;
-        let bin = self
-            .run(
+        // Both questions at once: each uv start costs milliseconds.
+        let me = self.clone();
+        let bin_q = std::thread::spawn(move || {
+            me.run(
                 "uv tool dir --bin",
                 &["tool".into(), "dir".into(), "--bin".into()],
                 &[],
                 t,
             )
+        });
+        let dir = self.run("uv tool dir", &["tool".into(), "dir".into()], &[], t)?;
+        let bin = bin_q
+            .join()
             .ok()
+            .and_then(Result::ok)
             .map(|o| PathBuf::from(o.stdout.trim()))
             .filter(|p| !p.as_os_str().is_empty());
         Ok((PathBuf::from(dir.stdout.trim()), bin))

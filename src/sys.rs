@@ -66,8 +66,8 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
 }
 
 pub fn proc_stat(pid: Pid) -> Option<ProcStat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    let bytes = read_proc(&format!("/proc/{pid}/stat"))?;
+    parse_stat(&String::from_utf8_lossy(&bytes))
 }
 
 /// Signal masks and owner from `/proc/<pid>/status`.
@@ -98,9 +98,7 @@ pub fn parse_status(text: &str) -> ProcStatus {
 }
 
 pub fn proc_status(pid: Pid) -> Option<ProcStatus> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .map(|t| parse_status(&t))
+    read_proc(&format!("/proc/{pid}/status")).map(|b| parse_status(&String::from_utf8_lossy(&b)))
 }
 
 /// Bit for `sig` in a `/proc/<pid>/status` signal mask.
@@ -110,14 +108,35 @@ pub fn sig_bit(sig: i32) -> u64 {
 
 /// `/proc/<pid>/cmdline` split into arguments (lossy UTF-8).
 pub fn cmdline(pid: Pid) -> Vec<String> {
-    match fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(bytes) => bytes
+    match read_proc(&format!("/proc/{pid}/cmdline")) {
+        Some(bytes) => bytes
             .split(|b| *b == 0)
             .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect(),
-        Err(_) => Vec::new(),
+        None => Vec::new(),
     }
+}
+
+/// Read a small `/proc` file in as few syscalls as possible: procfs serves
+/// these from one page per read, so a short read is the end. (std's
+/// `read_to_end` starts with a tiny probe read, which costs several syscalls
+/// per file on a scan of a thousand processes.)
+pub fn read_proc(path: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = f.read(&mut buf[len..]).ok()?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(len);
+    Some(buf)
 }
 
 /// Every numeric entry of `/proc`.

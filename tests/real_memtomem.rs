@@ -912,6 +912,7 @@ fn respawned_servers_end_up_running_the_new_code() {
             "pid {pid} started at {started:.3}, not after the install at {installed_at:.3}\n{run}"
         );
     }
+    println!("{run}");
     let spawned = sup.finish();
     assert!(spawned >= 2, "the client never respawned ({spawned})");
 }
@@ -1113,7 +1114,9 @@ exec "{uv}" "$@"
     assert_eq!(doc["ok"], false, "{run}");
     assert_eq!(doc["rolled_back"], true, "{run}");
     assert!(
-        format!("{}{}", run.stdout, run.stderr).contains("rolled back"),
+        format!("{}{}", run.stdout, run.stderr)
+            .to_lowercase()
+            .contains("rolled back"),
         "no \"rolled back\" in the report: {run}"
     );
     let log = fs::read_to_string(sc.path("uv.log")).unwrap();
@@ -1128,7 +1131,9 @@ exec "{uv}" "$@"
     let human = sc.upgrade_with_uv(&["-y", "--version", NEW], &wrapper);
     human.expect(5);
     assert!(
-        format!("{}{}", human.stdout, human.stderr).contains("rolled back"),
+        format!("{}{}", human.stdout, human.stderr)
+            .to_lowercase()
+            .contains("rolled back"),
         "{human}"
     );
     assert_still_old(&sc);

@@ -1,14 +1,187 @@
-//! Side by side with a real `memtomem-server` (set MEMTOMEM_SERVER_BIN). Without it this
-//! test compares nothing; under CI that is a failure, not a silent pass.
+//! Side by side with a real memtomem 0.6.12: the fake must look the same on disk and to
+//! memtomem's own `mm upgrade`.
+//!
+//! The real `memtomem-server` and `mm` come from `MEMTOMEM_SERVER_BIN` (and the `mm` next
+//! to it) when that is set; otherwise each test installs memtomem==0.6.12 with real uv
+//! into a scratch tool dir (`scripts/install-memtomem.sh`, offline from the warm cache,
+//! which `scripts/memtomem-env.sh` prepares on first use). A failed setup fails the test
+//! with its message; nothing is skipped.
+//!
+//! Real and fake each get a scratch runtime dir through memtomem's own test override
+//! (`_MEMTOMEM_TEST_RUNTIME_DIR` with `PYTEST_CURRENT_TEST` set), which both honour, so
+//! these tests never touch `/tmp/memtomem-<euid>` and run in parallel with anything.
 
 mod common;
 
-use std::fs::File;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
+
+const VERSION: &str = "0.6.12";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The real memtomem: `memtomem-server` and `mm` of one installation.
+struct Real {
+    server: PathBuf,
+    mm: PathBuf,
+    /// uv's tool dir of that installation (what the stand-in `uv tool dir` answers).
+    tools: PathBuf,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl Real {
+    fn get() -> Real {
+        if let Some(bin) = std::env::var_os("MEMTOMEM_SERVER_BIN").filter(|v| !v.is_empty()) {
+            let server = PathBuf::from(bin);
+            assert!(
+                server.is_file(),
+                "MEMTOMEM_SERVER_BIN={} is not a file",
+                server.display()
+            );
+            let mm = server.with_file_name("mm");
+            assert!(
+                mm.is_file(),
+                "MEMTOMEM_SERVER_BIN={} has no `mm` next to it (needed to run memtomem's own mm upgrade)",
+                server.display()
+            );
+            let tools = fs::canonicalize(&server)
+                .ok()
+                .and_then(|p| Some(p.parent()?.parent()?.parent()?.to_path_buf()))
+                .unwrap_or_else(|| PathBuf::from("/nonexistent"));
+            return Real {
+                server,
+                mm,
+                tools,
+                _scratch: None,
+            };
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("fake-vs-real-")
+            .tempdir()
+            .unwrap();
+        let (tools, bin) = (dir.path().join("tools"), dir.path().join("bin"));
+        let script = repo().join("scripts/install-memtomem.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&tools)
+            .arg(&bin)
+            .arg(VERSION)
+            .env("HOME", dir.path())
+            .env_remove("UV_TOOL_DIR")
+            .env_remove("UV_TOOL_BIN_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bash");
+        assert!(
+            out.status.success(),
+            "MEMTOMEM_SERVER_BIN is unset, and installing the real memtomem=={VERSION} with \
+             `bash {} TOOLS BIN {VERSION}` failed ({}). It needs Python 3.12 and PyPI access on \
+             first use (see scripts/memtomem-env.sh):\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Real {
+            server: bin.join("memtomem-server"),
+            mm: bin.join("mm"),
+            tools,
+            _scratch: Some(dir),
+        }
+    }
+}
+
+/// Real and fake both honour memtomem's test override of the runtime dir.
+fn with_override(c: &mut Command, home: &Path, rt: &Path) {
+    c.env("HOME", home)
+        .env("_MEMTOMEM_TEST_RUNTIME_DIR", rt)
+        .env("PYTEST_CURRENT_TEST", "1")
+        .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
+        .env_remove("FAKE_SERVER_RUNTIME_DIR")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("TMPDIR");
+}
+
+fn spawn_with_override(bin: &Path, args: &[&str], sb: &Sandbox, rt: &Path, tag: &str) -> Proc {
+    let mut c = Command::new(bin);
+    c.args(args);
+    with_override(&mut c, &sb.home, rt);
+    let log = sb.path(&format!("{tag}.stderr"));
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap());
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    Proc::start(
+        c,
+        sb.path(&format!("{tag}.ready")),
+        sb.path(&format!("{tag}.events")),
+        log,
+    )
+}
+
+/// A fake in default mode (plus `extra`) with ready file and events in the sandbox.
+fn spawn_fake(sb: &Sandbox, rt: &Path, tag: &str, extra: &[&str]) -> Proc {
+    let ready = sb.path(&format!("{tag}.ready"));
+    let events = sb.path(&format!("{tag}.events"));
+    let mut args: Vec<String> = vec![
+        "--ready-file".into(),
+        ready.display().to_string(),
+        "--events".into(),
+        events.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = spawn_with_override(Path::new(BIN), &args, sb, rt, tag);
+    p.ready();
+    p
+}
+
+/// Waits for the pid file in `rt` naming `pid` with its lock held.
+fn wait_pid_file(p: &mut Proc, rt: &Path, within: Duration) -> PathBuf {
+    let pid = p.pid();
+    let start = Instant::now();
+    loop {
+        for n in list(rt).into_iter().filter(|n| n.ends_with(".pid")) {
+            let path = rt.join(&n);
+            let first = fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.lines().next().map(str::to_string));
+            if first.as_deref() == Some(pid.to_string().as_str()) && is_locked(&path) {
+                return path;
+            }
+        }
+        if let Some(st) = p.wait_exit(Duration::ZERO) {
+            panic!(
+                "pid {pid} exited before it was ready ({st}): {}",
+                p.stderr_text()
+            );
+        }
+        assert!(
+            start.elapsed() < within,
+            "pid {pid} wrote no locked pid file in {} within {within:?}: {}",
+            rt.display(),
+            p.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 struct Shape {
     pid_file_name: String,
@@ -29,7 +202,7 @@ fn shape(rt: &Path, pid: i32) -> Shape {
         .collect();
     assert_eq!(pids.len(), 1, "{pids:?}");
     let pid_path = rt.join(&pids[0]);
-    let payload = std::fs::read(&pid_path).unwrap();
+    let payload = fs::read(&pid_path).unwrap();
     let payload_ok = std::panic::catch_unwind(|| assert_server_payload(&payload, pid)).is_ok();
     let markers = list(&rt.join("presence"));
     assert_eq!(markers.len(), 1, "{markers:?}");
@@ -41,70 +214,25 @@ fn shape(rt: &Path, pid: i32) -> Shape {
         pid_mode: mode_bits(&pid_path),
         rt_mode: mode_bits(rt),
         marker_mode: mode_bits(&m),
-        marker_len: std::fs::metadata(&m).unwrap().len(),
+        marker_len: fs::metadata(&m).unwrap().len(),
         marker_digest: digest,
         marker_pid_matches: mpid == pid,
         rt_entries: list(rt),
     }
 }
 
-fn spawn_with_override(bin: &str, home: &Path, rt: &Path, log: PathBuf) -> Proc {
-    let mut c = Command::new(bin);
-    c.env("HOME", home)
-        .env("_MEMTOMEM_TEST_RUNTIME_DIR", rt)
-        .env("PYTEST_CURRENT_TEST", "1")
-        .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
-        .env_remove("FAKE_SERVER_RUNTIME_DIR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).unwrap());
-    std::os::unix::process::CommandExt::process_group(&mut c, 0);
-    let dir = rt.parent().unwrap();
-    Proc::start(c, dir.join("none.ready"), dir.join("none.events"), log)
-}
-
 #[test]
 fn default_mode_matches_a_real_memtomem_server() {
-    let Some(real) = std::env::var_os("MEMTOMEM_SERVER_BIN") else {
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-        assert!(
-            !ci,
-            "CI is set but MEMTOMEM_SERVER_BIN is not: the real-memtomem comparison would compare nothing"
-        );
-        println!("MEMTOMEM_SERVER_BIN is unset: compared nothing against a real memtomem-server");
-        return;
-    };
-    let real = real.to_string_lossy().into_owned();
+    let real = Real::get();
     let sb = Sandbox::new();
     let (rt_real, rt_fake) = (sb.path("rt-real"), sb.path("rt-fake"));
 
-    let mut r = spawn_with_override(&real, &sb.home, &rt_real, sb.path("real.stderr"));
-    let ok = wait_until(Duration::from_secs(30), || {
-        list(&rt_real).iter().any(|n| n.ends_with(".pid"))
-            && std::fs::read(
-                rt_real.join(
-                    list(&rt_real)
-                        .into_iter()
-                        .find(|n| n.ends_with(".pid"))
-                        .unwrap(),
-                ),
-            )
-            .map(|b| !b.is_empty())
-            .unwrap_or(false)
-    });
-    assert!(ok, "real server wrote no pid file: {}", r.stderr_text());
+    let mut r = spawn_with_override(&real.server, &[], &sb, &rt_real, "real");
+    wait_pid_file(&mut r, &rt_real, Duration::from_secs(30));
     let real_shape = shape(&rt_real, r.pid());
 
-    let mut f = spawn_with_override(BIN, &sb.home, &rt_fake, sb.path("fake.stderr"));
-    assert!(wait_until(Duration::from_secs(10), || list(&rt_fake)
-        .iter()
-        .any(|n| n.ends_with(".pid"))));
-    // The fake writes its payload right after creating the file; give it that instant.
-    assert!(wait_until(Duration::from_secs(2), || shape(
-        &rt_fake,
-        f.pid()
-    )
-    .payload_ok));
+    let mut f = spawn_fake(&sb, &rt_fake, "fake", &[]);
+    wait_pid_file(&mut f, &rt_fake, Duration::from_secs(10));
     let fake_shape = shape(&rt_fake, f.pid());
 
     assert_eq!(fake_shape.pid_file_name, real_shape.pid_file_name);
@@ -124,4 +252,217 @@ fn default_mode_matches_a_real_memtomem_server() {
     }
     assert_eq!(list(&rt_fake), list(&rt_real));
     assert!(list(&rt_real.join("presence")).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// memtomem's own `mm upgrade` against the fake (issue 2, "done when")
+
+/// A no-op stand-in for uv on PATH: answers `tool dir` with the real installation's tool
+/// dir (so extras come from its receipt), logs and succeeds for everything else.
+fn stand_in_uv(sb: &Sandbox, tools: &Path) -> PathBuf {
+    let dir = sb.path("uv-bin");
+    fs::create_dir_all(&dir).unwrap();
+    let uv = dir.join("uv");
+    fs::write(
+        &uv,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{log}'\n\
+             if [ \"$1 $2\" = \"tool dir\" ]; then\n  if [ \"$3\" = --bin ]; then echo '{tools}/../bin'; else echo '{tools}'; fi\n  exit 0\nfi\nexit 0\n",
+            log = sb.path("uv.log").display(),
+            tools = tools.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&uv, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+struct MmRun {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl MmRun {
+    fn json(&self) -> Value {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "one JSON document expected: {self:?}");
+        serde_json::from_str(lines[0]).unwrap()
+    }
+}
+
+impl std::fmt::Debug for MmRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mm upgrade → {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs memtomem's `mm upgrade ARGS` with the override runtime dir and the stand-in uv,
+/// reaping `reap` meanwhile: memtomem's probe counts an unreaped zombie as alive, and an
+/// MCP client reaps its server at once.
+fn mm_upgrade(
+    real: &Real,
+    sb: &Sandbox,
+    rt: &Path,
+    args: &[&str],
+    reap: &mut [&mut Proc],
+) -> MmRun {
+    let uv_dir = stand_in_uv(sb, &real.tools);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![uv_dir];
+    paths.extend(std::env::split_paths(&path));
+    let (out, err) = (sb.path("mm.stdout"), sb.path("mm.stderr"));
+    let mut c = Command::new(&real.mm);
+    c.arg("upgrade").args(args);
+    with_override(&mut c, &sb.home, rt);
+    c.env("PATH", std::env::join_paths(paths).unwrap())
+        .env("UV_TOOL_DIR", &real.tools)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap());
+    let mut child = c.spawn().expect("run mm");
+    let start = Instant::now();
+    let status = loop {
+        for p in reap.iter_mut() {
+            p.wait_exit(Duration::ZERO);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mm upgrade {args:?} did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    MmRun {
+        status,
+        stdout: fs::read_to_string(&out).unwrap_or_default(),
+        stderr: fs::read_to_string(&err).unwrap_or_default(),
+    }
+}
+
+#[test]
+fn memtomem_mm_upgrade_dry_run_lists_the_fake_as_it_lists_a_real_server() {
+    let real = Real::get();
+    let sb = Sandbox::new();
+    let rt = sb.path("rt");
+    let args = ["--dry-run", "--json", "-y", "--version", VERSION];
+
+    let mut r = spawn_with_override(&real.server, &[], &sb, &rt, "real");
+    let real_pid_file = wait_pid_file(&mut r, &rt, Duration::from_secs(30));
+    let run = mm_upgrade(&real, &sb, &rt, &args, &mut []);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let mut real_doc = run.json();
+    assert_eq!(
+        real_doc["would_kill"],
+        serde_json::json!([r.pid()]),
+        "{run:?}"
+    );
+    assert_eq!(
+        real_doc["would_remove"],
+        serde_json::json!([real_pid_file]),
+        "{run:?}"
+    );
+    kill(r.pid(), libc::SIGTERM);
+    assert_eq!(
+        r.wait_exit(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
+
+    let mut f = spawn_fake(&sb, &rt, "fake", &[]);
+    let fake_pid_file = wait_pid_file(&mut f, &rt, Duration::from_secs(10));
+    let run = mm_upgrade(&real, &sb, &rt, &args, &mut []);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let mut fake_doc = run.json();
+    assert_eq!(
+        fake_doc["would_kill"],
+        serde_json::json!([f.pid()]),
+        "{run:?}"
+    );
+    assert_eq!(
+        fake_pid_file, real_pid_file,
+        "same store, same runtime dir, same pid file"
+    );
+
+    // Apart from the pid, the two plans are identical.
+    real_doc["would_kill"] = Value::Null;
+    fake_doc["would_kill"] = Value::Null;
+    assert_eq!(fake_doc, real_doc);
+    assert_eq!(fake_doc["ok"], true);
+    assert_eq!(fake_doc["inventory_complete"], true);
+    assert!(
+        f.wait_exit(Duration::ZERO).is_none(),
+        "the dry run stopped the fake"
+    );
+}
+
+#[test]
+fn memtomem_mm_upgrade_stops_a_default_fake_with_sigterm() {
+    let real = Real::get();
+    let sb = Sandbox::new();
+    let rt = sb.path("rt");
+    let mut f = spawn_fake(&sb, &rt, "fake", &[]);
+    let pid_file = wait_pid_file(&mut f, &rt, Duration::from_secs(10));
+    let pid = f.pid();
+
+    let run = mm_upgrade(
+        &real,
+        &sb,
+        &rt,
+        &["-y", "--json", "--grace", "1", "--version", VERSION],
+        &mut [&mut f],
+    );
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["ok"], true, "{run:?}");
+    assert_eq!(doc["killed"], serde_json::json!([pid]), "{run:?}");
+    assert_eq!(doc["removed"], serde_json::json!([pid_file]), "{run:?}");
+    let st = f
+        .wait_exit(Duration::from_secs(5))
+        .expect("fake still running");
+    assert_eq!(st.code(), Some(0), "{st}");
+    let ev = f.events();
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "signal" && e["signal"] == "SIGTERM"),
+        "no SIGTERM in the fake's events: {ev:?}"
+    );
+    assert_eq!(ev.last().unwrap()["how"], "sigterm-cleanup", "{ev:?}");
+    assert!(!pid_file.exists());
+    let log = fs::read_to_string(sb.path("uv.log")).unwrap();
+    assert!(log.contains("tool install"), "{log}");
+}
+
+#[test]
+fn memtomem_mm_upgrade_escalates_to_sigkill_for_a_fake_ignoring_sigterm() {
+    let real = Real::get();
+    let sb = Sandbox::new();
+    let rt = sb.path("rt");
+    let mut f = spawn_fake(&sb, &rt, "fake", &["--mode", "ignore-sigterm"]);
+    let pid_file = wait_pid_file(&mut f, &rt, Duration::from_secs(10));
+    let pid = f.pid();
+
+    let run = mm_upgrade(
+        &real,
+        &sb,
+        &rt,
+        &["-y", "--json", "--grace", "1", "--version", VERSION],
+        &mut [&mut f],
+    );
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["killed"], serde_json::json!([pid]), "{run:?}");
+    let st = f
+        .wait_exit(Duration::from_secs(5))
+        .expect("fake still running");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st}");
+    // SIGKILL leaves the pid file stale; memtomem removed it under its lock.
+    assert!(!pid_file.exists(), "{run:?}");
 }
