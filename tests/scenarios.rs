@@ -172,6 +172,19 @@ fn outer_main() -> ! {
     let other = std::env::var("MM_SCENARIO_UPGRADER")
         .ok()
         .filter(|s| !s.is_empty());
+    if let Some(cmd) = &other {
+        // The upgrader runs with the sandbox's PATH (`<sandbox>/bin:/usr/bin:/bin`, the fake
+        // uv first), so a bare name would not be found, or would be the wrong program.
+        let first = cmd.split_whitespace().next().unwrap_or("");
+        if !first.starts_with('/') || !Path::new(first).is_file() {
+            eprintln!(
+                "MM_SCENARIO_UPGRADER={cmd:?}: the command must start with the absolute path of an \
+                 existing program (e.g. \"$HOME/.local/bin/mm upgrade\"); it runs with the \
+                 sandbox's PATH, where only the fake uv and /usr/bin:/bin are"
+            );
+            std::process::exit(2);
+        }
+    }
     let mm_upgrade = std::env::var("MM_SCENARIO_MM_UPGRADE")
         .ok()
         .map(PathBuf::from)
@@ -219,6 +232,26 @@ fn outer_main() -> ! {
                         Some(r) => format!("{e} ({r})"),
                         None => e,
                     });
+                let selected = args.filter.as_ref().is_none_or(|f| {
+                    if args.exact {
+                        &name == f
+                    } else {
+                        name.contains(f.as_str())
+                    }
+                }) && !args.skip.iter().any(|k| name.contains(k.as_str()));
+                if diff_skip && s.ignore.is_none() && selected {
+                    let why = if s.hostile && !unshare_ok {
+                        "hostile, and no pid namespace (unshare) is available".to_string()
+                    } else {
+                        s.differential.reason.clone().unwrap_or_default()
+                    };
+                    shared.table.lock().unwrap().push(Row {
+                        name: name.clone(),
+                        result: "skip",
+                        expected: format!("skip ({why})"),
+                        detail: String::new(),
+                    });
+                }
                 (s.ignore.is_some() || diff_skip, s.hostile, expect)
             }
             Err(_) => (false, false, None),
@@ -417,9 +450,10 @@ fn print_table(sh: &Shared, cmd: &str, elapsed: Duration) {
     let mut rows = std::mem::take(&mut *sh.table.lock().unwrap());
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     let pass = rows.iter().filter(|r| r.result == "pass").count();
+    let skip = rows.iter().filter(|r| r.result == "skip").count();
     let mut t = format!(
-        "\nDifferential run against `{cmd}`: {pass} of {} scenarios pass ({:.0}s)\n\n| scenario | result | expected | first failed check |\n|---|---|---|---|\n",
-        rows.len(),
+        "\nDifferential run against `{cmd}`: {pass} of {} scenarios pass, {skip} skipped ({:.0}s)\n\n| scenario | result | expected | first failed check |\n|---|---|---|---|\n",
+        rows.len() - skip,
         elapsed.as_secs_f64()
     );
     for r in &rows {

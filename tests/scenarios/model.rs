@@ -58,6 +58,22 @@ pub struct Differential {
     pub reason: Option<String>,
     /// Arguments for the other upgrader instead of `[upgrade].args`.
     pub args: Option<Vec<String>>,
+    /// Only for the other upgrader: time bounds between two timeline events. They stand
+    /// in for evidence only mm-upgrade's JSON has (`stops`: "escalated at once",
+    /// "confirmed dead by pidfd"), e.g. that a 5 s grace was not waited out.
+    #[serde(default)]
+    pub within: Vec<Within>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Within {
+    /// Event pattern (`source:event[:detail]`); its first occurrence starts the clock.
+    pub from: String,
+    /// Event pattern; its first occurrence after `from` must come within `ms`.
+    pub to: String,
+    /// Milliseconds (scaled by `MM_SCENARIO_TIME_SCALE`).
+    pub ms: u64,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -8,7 +8,7 @@
 //! | `FAKE_UV_LOG` | JSON-lines file; one line appended per call (argv, kind, env, managed pids alive, ts/mono_ns, result) |
 //! | `FAKE_UV_TOOL_DIR` | the sandbox's *real* uv tool dir; a call whose `UV_TOOL_DIR` differs is a *prepare* call |
 //! | `FAKE_UV_MANAGED_PIDS` | file with one pid per line: the old-generation server processes; an install while any of them is alive (and not a zombie) fails with exit 97 |
-//! | `FAKE_UV_BEHAVIOR` | what the real install does: `succeed` (default), `fail:CODE:STDERR`, `hang`, `sleep:MS` (then succeed), `delete-env-then-fail`, `broken-entry` (installs, but `memtomem-server` exits 1) |
+//! | `FAKE_UV_BEHAVIOR` | what the real install does: `succeed` (default), `fail:CODE:STDERR`, `hang`, `sleep:MS` (then succeed), `delete-env-then-fail`, `broken-entry` (installs, but `memtomem-server` exits 1), `unresolvable` (the version does not exist: exit 1 with uv's resolver message) |
 //! | `FAKE_UV_SERVER_BIN` | the fake-server binary; installs link `<UV_TOOL_BIN_DIR>/memtomem-server` to it (else a script that exits 0) |
 //! | `FAKE_UV_PREPARE` | what a prepare call does: `succeed` (default), `fail` (version cannot be resolved, exit 1), `hang`, `sleep:MS` |
 //! | `FAKE_UV_DIR` | what `uv tool dir` does: `succeed` (default), `fail` |
@@ -377,6 +377,12 @@ fn main() {
             let msg = parts.next().unwrap_or("fake uv stderr line");
             eprintln!("{msg}");
             call.finish(code, "configured failure");
+        }
+        "unresolvable" => {
+            eprintln!(
+                "  × No solution found when resolving tool dependencies:\n  ╰─▶ Because there is no version of memtomem=={version} and you require memtomem=={version}, we can conclude that your requirements are unsatisfiable."
+            );
+            call.finish(1, "version cannot be resolved");
         }
         "hang" => hang(),
         "sleep" => sleep_ms(parts.next().unwrap_or("0")),
