@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 
-use common::{exists, json_of, Sandbox};
+use common::{exists, json_run, Sandbox};
 use predicates::prelude::*;
 
 #[test]
@@ -38,15 +38,7 @@ fn negative_grace_is_a_usage_error() {
 fn without_yes_and_without_a_terminal_it_refuses() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
-    let out = sb
-        .upgrader()
-        .arg("--json")
-        .assert()
-        .code(3)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(&mut sb.upgrader().arg("--json"), 3);
     assert_eq!(doc["ok"], false);
     assert!(doc["error"].as_str().unwrap().contains("Pass -y"));
     assert!(server.alive());
@@ -74,15 +66,12 @@ fn dry_run_lists_the_server_and_changes_nothing() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     let before = fs::read(server.pid_file()).unwrap();
-    let out = sb
-        .upgrader()
-        .args(["--dry-run", "--json", "--version", "0.6.12"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(
+        &mut sb
+            .upgrader()
+            .args(["--dry-run", "--json", "--version", "0.6.12"]),
+        0,
+    );
     assert_eq!(doc["dry_run"], true);
     assert_eq!(doc["would_kill"], serde_json::json!([server.pid()]));
     assert_eq!(doc["would_remove"], serde_json::json!([server.pid_file()]));
@@ -105,15 +94,12 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     let pid = server.pid();
-    let out = sb
-        .upgrader()
-        .args(["-y", "--json", "--version", "0.6.12", "--extras", "none"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(
+        &mut sb
+            .upgrader()
+            .args(["-y", "--json", "--version", "0.6.12", "--extras", "none"]),
+        0,
+    );
     assert_eq!(doc["ok"], true);
     assert_eq!(doc["killed"], serde_json::json!([pid]));
     assert_eq!(doc["removed"][0], serde_json::json!(server.pid_file()));
@@ -157,16 +143,15 @@ fn human_output_names_the_pid_and_the_file() {
 fn a_version_that_cannot_be_prepared_leaves_the_server_running() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
-    let out = sb
-        .upgrader()
-        .env("FAKE_UV_MODE", "fail-prepare")
-        .args(["-y", "--json", "--version", "99.99.99"])
-        .assert()
-        .code(5)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(
+        &mut sb.upgrader().env("FAKE_UV_MODE", "fail-prepare").args([
+            "-y",
+            "--json",
+            "--version",
+            "99.99.99",
+        ]),
+        5,
+    );
     assert!(doc["error"]
         .as_str()
         .unwrap()
@@ -181,16 +166,15 @@ fn a_version_that_cannot_be_prepared_leaves_the_server_running() {
 fn a_failed_install_is_rolled_back_to_the_previous_installation() {
     let sb = Sandbox::new();
     let _server = sb.server("s", &[]);
-    let out = sb
-        .upgrader()
-        .env("FAKE_UV_MODE", "delete-then-fail")
-        .args(["-y", "--json", "--version", "0.6.12"])
-        .assert()
-        .code(5)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(
+        &mut sb.upgrader().env("FAKE_UV_MODE", "delete-then-fail").args([
+            "-y",
+            "--json",
+            "--version",
+            "0.6.12",
+        ]),
+        5,
+    );
     assert_eq!(doc["rolled_back"], true);
     assert!(doc["error"].as_str().unwrap().contains("Rolled back"));
     assert!(doc["stderr"].as_str().unwrap().contains("failed half-way"));
@@ -215,15 +199,12 @@ fn uv_failure_is_reported_with_its_stderr() {
 fn a_server_ignoring_sigterm_is_killed_without_waiting_out_the_grace() {
     let sb = Sandbox::new();
     let server = sb.server("s", &["--mode", "ignore-sigterm"]);
-    let out = sb
-        .upgrader()
-        .args(["-y", "--json", "--grace", "30", "--version", "0.6.12"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(
+        &mut sb
+            .upgrader()
+            .args(["-y", "--json", "--grace", "30", "--version", "0.6.12"]),
+        0,
+    );
     let stop = &doc["stops"][0];
     assert_eq!(stop["signals"], serde_json::json!(["SIGTERM", "SIGKILL"]));
     assert!(stop["escalated"].as_str().unwrap().contains("ignored"));
@@ -244,15 +225,12 @@ fn a_zombie_server_is_dead_and_is_not_signalled() {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    let out = sb
-        .upgrader()
-        .args(["-y", "--json", "--grace", "30", "--version", "0.6.12"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(
+        &mut sb
+            .upgrader()
+            .args(["-y", "--json", "--grace", "30", "--version", "0.6.12"]),
+        0,
+    );
     assert_eq!(
         doc["killed"],
         serde_json::json!([]),
@@ -264,15 +242,10 @@ fn a_zombie_server_is_dead_and_is_not_signalled() {
 fn a_pid_file_naming_pid_1_is_refused_and_nothing_is_signalled() {
     let sb = Sandbox::new();
     let server = sb.server("s", &["--mode", "corrupt-pidfile=one"]);
-    let out = sb
-        .upgrader()
-        .args(["-y", "--json", "--version", "0.6.12"])
-        .assert()
-        .code(3)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(
+        &mut sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
+        3,
+    );
     let err = doc["error"].as_str().unwrap();
     assert!(err.contains("no signalable PID"), "{err}");
     assert!(
@@ -396,15 +369,7 @@ fn status_calls_a_server_started_after_the_install_current() {
     let sb = Sandbox::new();
     set_install_time(&sb, std::time::Duration::from_secs(5));
     let server = sb.server("s", &[]);
-    let out = sb
-        .upgrader()
-        .args(["status", "--json"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(&mut sb.upgrader().args(["status", "--json"]), 0);
     let procs = doc["processes"].as_array().unwrap();
     assert_eq!(procs.len(), 1, "{doc}");
     assert_eq!(procs[0]["pid"], server.pid());
@@ -417,15 +382,7 @@ fn status_proves_a_server_that_survived_a_reinstall_is_stale() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     set_install_time(&sb, std::time::Duration::ZERO);
-    let out = sb
-        .upgrader()
-        .args(["status", "--json"])
-        .assert()
-        .code(6)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(&mut sb.upgrader().args(["status", "--json"]), 6);
     let p = &doc["processes"][0];
     assert_eq!(p["pid"], server.pid());
     assert_eq!(p["generation"], "stale");
@@ -450,15 +407,7 @@ fn status_sees_deleted_mappings_of_the_installation() {
         "s",
         &["--mode", &format!("old-generation={}", lib.display())],
     );
-    let out = sb
-        .upgrader()
-        .args(["status", "--json"])
-        .assert()
-        .code(6)
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    let doc = json_run(&mut sb.upgrader().args(["status", "--json"]), 6);
     let p = &doc["processes"][0];
     assert_eq!(p["pid"], server.pid());
     assert_eq!(p["generation"], "stale");
@@ -469,13 +418,7 @@ fn status_sees_deleted_mappings_of_the_installation() {
 fn status_names_the_store_writer() {
     let sb = Sandbox::new();
     let writer = sb.server("w", &["--mode", "db-writer"]);
-    let out = sb
-        .upgrader()
-        .args(["status", "--json"])
-        .assert()
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
+    // No server holds a pid file, so nothing is stale: exit 0.
+    let doc = json_run(sb.upgrader().args(["status", "--json"]), 0);
     assert_eq!(doc["db_writer"], writer.pid(), "{doc}");
 }

@@ -235,3 +235,8 @@ pub fn json_of(out: &[u8]) -> serde_json::Value {
 pub fn exists(p: &Path) -> bool {
     p.symlink_metadata().is_ok()
 }
+
+/// Run, check the exit code, and parse the single JSON document on stdout.
+pub fn json_run(cmd: &mut assert_cmd::Command, code: i32) -> serde_json::Value {
+    json_of(&cmd.assert().code(code).get_output().stdout)
+}
