@@ -99,6 +99,9 @@ pub struct UpgradeArgs {
     /// Do not start the new memtomem-server afterwards to prove it runs.
     #[arg(long)]
     pub no_verify: bool,
+    /// Do not keep a copy of the current installation to restore if uv fails.
+    #[arg(long)]
+    pub no_rollback: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -138,6 +141,7 @@ pub struct Settings {
     pub skip_pkill: bool,
     pub no_prepare: bool,
     pub no_verify: bool,
+    pub no_rollback: bool,
     pub uv: Option<PathBuf>,
     pub uv_timeout: Duration,
     pub events: Option<PathBuf>,
@@ -187,6 +191,7 @@ impl Settings {
             skip_pkill: a.skip_pkill,
             no_prepare: a.no_prepare,
             no_verify: a.no_verify,
+            no_rollback: a.no_rollback,
             uv: a.common.uv.clone(),
             uv_timeout: a.uv_timeout,
             events: a.events.clone(),

@@ -37,7 +37,7 @@ impl Backup {
             .tempdir_in(parent)?
             .keep();
         let copy = root.join(PACKAGE);
-        if let Err(e) = link_tree(&env_dir, &copy) {
+        if let Err(e) = link_tree(&env_dir, &copy, false) {
             let _ = fs::remove_dir_all(&root);
             return Err(e);
         }
@@ -77,18 +77,71 @@ impl Backup {
     }
 }
 
-impl Drop for Backup {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
+impl Backup {
+    /// The install succeeded: delete the copy on a thread, so the deletion
+    /// overlaps the post-install checks. The returned guard joins on drop,
+    /// so the process never exits with a half-deleted copy.
+    pub fn discard_in_background(mut self) -> Discard {
+        let root = std::mem::take(&mut self.root);
+        Discard(Some(std::thread::spawn(move || {
+            let _ = fs::remove_dir_all(root);
+        })))
     }
 }
 
-/// Files at least this large are hard-linked instead of copied.
-const LINK_THRESHOLD: u64 = 64 * 1024;
+/// A rollback copy being made on another thread. Dropping it waits for the
+/// copy and deletes it, so no early return leaves a half-made copy behind.
+pub struct Pending(Option<std::thread::JoinHandle<io::Result<Option<Backup>>>>);
 
-/// Recreate `src` at `dst`: directories made, small files copied, large ones
-/// hard-linked (copied when linking is impossible), symlinks recreated.
-fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
+impl Pending {
+    pub fn start(tool_dir: PathBuf, bin_dir: Option<PathBuf>) -> Pending {
+        Pending(Some(std::thread::spawn(move || {
+            Backup::take(&tool_dir, bin_dir.as_deref())
+        })))
+    }
+
+    /// Wait for the copy.
+    pub fn finish(mut self) -> io::Result<Option<Backup>> {
+        match self.0.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("the copying thread panicked")),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Joins the background deletion when dropped.
+pub struct Discard(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Backup {
+    fn drop(&mut self) {
+        if !self.root.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Recreate `src` at `dst`: directories made, symlinks recreated; files under
+/// `lib/` (package files, which uv replaces by unlink-and-link) hard-linked,
+/// every other file (receipt, `pyvenv.cfg`, scripts: few, and some rewritten
+/// in place) copied. A file that cannot be linked is copied.
+fn link_tree(src: &Path, dst: &Path, under_lib: bool) -> io::Result<()> {
     fs::create_dir(dst)?;
     fs::set_permissions(dst, fs::metadata(src)?.permissions())?;
     for entry in fs::read_dir(src)? {
@@ -96,12 +149,11 @@ fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
         let ft = entry.file_type()?;
         let to = dst.join(entry.file_name());
         if ft.is_dir() {
-            link_tree(&entry.path(), &to)?;
+            let lib = under_lib || entry.file_name() == "lib";
+            link_tree(&entry.path(), &to, lib)?;
         } else if ft.is_symlink() {
             symlink(fs::read_link(entry.path())?, &to)?;
-        } else if entry.metadata()?.len() < LINK_THRESHOLD
-            || fs::hard_link(entry.path(), &to).is_err()
-        {
+        } else if !under_lib || fs::hard_link(entry.path(), &to).is_err() {
             fs::copy(entry.path(), &to)?;
         }
     }
@@ -124,8 +176,9 @@ mod tests {
         fs::write(env.join("uv-receipt.toml"), "[tool]\n").unwrap();
         symlink(env.join("bin/memtomem-server"), bin.join("memtomem-server")).unwrap();
         let b = Backup::take(&tools, Some(&bin)).unwrap().unwrap();
-        // A large file is linked; the receipt is rewritten in place by uv.
-        fs::write(env.join("big.so"), vec![7u8; 100_000]).unwrap();
+        // A package file is linked; the receipt is rewritten in place by uv.
+        fs::create_dir_all(env.join("lib")).unwrap();
+        fs::write(env.join("lib/big.so"), vec![7u8; 100_000]).unwrap();
         let b2 = Backup::take(&tools, Some(&bin)).unwrap().unwrap();
         fs::write(env.join("uv-receipt.toml"), "[tool]\nnew = true\n").unwrap();
         b2.restore().unwrap();
@@ -133,7 +186,7 @@ mod tests {
             fs::read_to_string(env.join("uv-receipt.toml")).unwrap(),
             "[tool]\n"
         );
-        assert_eq!(fs::read(env.join("big.so")).unwrap().len(), 100_000);
+        assert_eq!(fs::read(env.join("lib/big.so")).unwrap().len(), 100_000);
         drop(b2);
         // The worst moment: uv deleted the environment and its links, then failed.
         fs::remove_dir_all(&env).unwrap();
@@ -148,6 +201,10 @@ mod tests {
         let root = b.root.clone();
         drop(b);
         assert!(!root.exists());
+        let b3 = Backup::take(&tools, Some(&bin)).unwrap().unwrap();
+        let root = b3.root.clone();
+        drop(b3.discard_in_background());
+        assert!(!root.exists(), "the guard joins the deletion");
     }
 
     #[test]

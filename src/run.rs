@@ -300,6 +300,14 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     // installed fails here, before anything is stopped.
     let mut version = s.version.clone();
     let mut prepared = false;
+    // The rollback copy is made while uv prepares: the two overlap.
+    let snapshot = match (&tool_dir, s.no_rollback || s.skip_pkill) {
+        (Some(dir), false) => Some(crate::rollback::Pending::start(
+            dir.clone(),
+            cx.install.bin_dir.clone(),
+        )),
+        _ => None,
+    };
     if !s.no_prepare {
         let spec = install::package_spec(&extras, version.as_deref());
         cx.ui.say(format!(
@@ -339,18 +347,16 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     };
     let mut progress = Progress::default();
 
-    // Back up the installation so a failed install can be undone.
-    let backup = match (&tool_dir, cx.s.skip_pkill) {
-        (Some(dir), _) => match crate::rollback::Backup::take(dir, cx.install.bin_dir.as_deref()) {
-            Ok(b) => b,
-            Err(e) => {
-                cx.warnings.push(format!(
-                    "no rollback copy of the installation could be made ({e})"
-                ));
-                None
-            }
-        },
-        _ => None,
+    // The copy that lets a failed install be undone.
+    let backup = match snapshot.map(|p| p.finish()) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            cx.warnings.push(format!(
+                "no rollback copy of the installation could be made ({e})"
+            ));
+            None
+        }
+        None => None,
     };
 
     if s.skip_pkill {
@@ -454,7 +460,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             Some(&progress),
         );
     }
-    drop(backup);
+    let _discard = backup.map(|b| b.discard_in_background());
     cx.ui
         .event("installed", json!({"spec": spec, "downtime_ms": window_ms}));
 
