@@ -38,7 +38,7 @@ fn negative_grace_is_a_usage_error() {
 fn without_yes_and_without_a_terminal_it_refuses() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
-    let doc = json_run(&mut sb.upgrader().arg("--json"), 3);
+    let doc = json_run(sb.upgrader().arg("--json"), 3);
     assert_eq!(doc["ok"], false);
     assert!(doc["error"].as_str().unwrap().contains("Pass -y"));
     assert!(server.alive());
@@ -67,8 +67,7 @@ fn dry_run_lists_the_server_and_changes_nothing() {
     let server = sb.server("s", &[]);
     let before = fs::read(server.pid_file()).unwrap();
     let doc = json_run(
-        &mut sb
-            .upgrader()
+        sb.upgrader()
             .args(["--dry-run", "--json", "--version", "0.6.12"]),
         0,
     );
@@ -95,8 +94,7 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     let server = sb.server("s", &[]);
     let pid = server.pid();
     let doc = json_run(
-        &mut sb
-            .upgrader()
+        sb.upgrader()
             .args(["-y", "--json", "--version", "0.6.12", "--extras", "none"]),
         0,
     );
@@ -144,7 +142,7 @@ fn a_version_that_cannot_be_prepared_leaves_the_server_running() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     let doc = json_run(
-        &mut sb.upgrader().env("FAKE_UV_MODE", "fail-prepare").args([
+        sb.upgrader().env("FAKE_UV_MODE", "fail-prepare").args([
             "-y",
             "--json",
             "--version",
@@ -167,7 +165,7 @@ fn a_failed_install_is_rolled_back_to_the_previous_installation() {
     let sb = Sandbox::new();
     let _server = sb.server("s", &[]);
     let doc = json_run(
-        &mut sb.upgrader().env("FAKE_UV_MODE", "delete-then-fail").args([
+        sb.upgrader().env("FAKE_UV_MODE", "delete-then-fail").args([
             "-y",
             "--json",
             "--version",
@@ -200,8 +198,7 @@ fn a_server_ignoring_sigterm_is_killed_without_waiting_out_the_grace() {
     let sb = Sandbox::new();
     let server = sb.server("s", &["--mode", "ignore-sigterm"]);
     let doc = json_run(
-        &mut sb
-            .upgrader()
+        sb.upgrader()
             .args(["-y", "--json", "--grace", "30", "--version", "0.6.12"]),
         0,
     );
@@ -226,8 +223,7 @@ fn a_zombie_server_is_dead_and_is_not_signalled() {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let doc = json_run(
-        &mut sb
-            .upgrader()
+        sb.upgrader()
             .args(["-y", "--json", "--grace", "30", "--version", "0.6.12"]),
         0,
     );
@@ -243,7 +239,7 @@ fn a_pid_file_naming_pid_1_is_refused_and_nothing_is_signalled() {
     let sb = Sandbox::new();
     let server = sb.server("s", &["--mode", "corrupt-pidfile=one"]);
     let doc = json_run(
-        &mut sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
+        sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
         3,
     );
     let err = doc["error"].as_str().unwrap();
@@ -369,7 +365,7 @@ fn status_calls_a_server_started_after_the_install_current() {
     let sb = Sandbox::new();
     set_install_time(&sb, std::time::Duration::from_secs(5));
     let server = sb.server("s", &[]);
-    let doc = json_run(&mut sb.upgrader().args(["status", "--json"]), 0);
+    let doc = json_run(sb.upgrader().args(["status", "--json"]), 0);
     let procs = doc["processes"].as_array().unwrap();
     assert_eq!(procs.len(), 1, "{doc}");
     assert_eq!(procs[0]["pid"], server.pid());
@@ -382,7 +378,7 @@ fn status_proves_a_server_that_survived_a_reinstall_is_stale() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     set_install_time(&sb, std::time::Duration::ZERO);
-    let doc = json_run(&mut sb.upgrader().args(["status", "--json"]), 6);
+    let doc = json_run(sb.upgrader().args(["status", "--json"]), 6);
     let p = &doc["processes"][0];
     assert_eq!(p["pid"], server.pid());
     assert_eq!(p["generation"], "stale");
@@ -407,7 +403,7 @@ fn status_sees_deleted_mappings_of_the_installation() {
         "s",
         &["--mode", &format!("old-generation={}", lib.display())],
     );
-    let doc = json_run(&mut sb.upgrader().args(["status", "--json"]), 6);
+    let doc = json_run(sb.upgrader().args(["status", "--json"]), 6);
     let p = &doc["processes"][0];
     assert_eq!(p["pid"], server.pid());
     assert_eq!(p["generation"], "stale");
