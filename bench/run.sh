@@ -5,7 +5,7 @@
 #   --runs N       alternating runs per row (default 7)
 #   --real-runs N  real-uv downtime runs (default 5; 0 skips the real install rows)
 #   --no-write     print the table only; do not update BENCHMARKS.md
-#   --rows LIST    only these rows: cooperative,cooperative-empty,ignore-sigterm,zombie,zombie-empty,eight,discovery
+#   --rows LIST    only these rows: cooperative,cooperative-rollback,ignore-sigterm,zombie,eight,discovery
 #
 # Builds the release binaries, prepares uv + a warm cache (scripts/memtomem-env.sh),
 # installs memtomem==0.6.12 (theirs: `mm`) into a scratch tool dir, then runs
