@@ -48,6 +48,24 @@ pub fn install_time(env_dir: &Path) -> Option<f64> {
     Some(m.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
+/// A memtomem process whose interpreter is a virtualenv's `bin/python*`
+/// outside this installation (an old tool dir, a `uvx` cache env) runs
+/// another installation's code. Only `/proc/<pid>/cmdline` is read.
+fn other_installation(pid: sys::Pid, env_dir: &Path) -> Option<String> {
+    let argv = sys::cmdline(pid);
+    let exe = Path::new(argv.first()?);
+    let name = exe.file_name()?.to_string_lossy();
+    let venv_python =
+        name.starts_with("python") && exe.parent().is_some_and(|b| b.ends_with("bin"));
+    if !venv_python || exe.starts_with(env_dir) {
+        return None;
+    }
+    let venv = exe.parent()?.parent()?;
+    venv.join("pyvenv.cfg")
+        .exists()
+        .then(|| format!("runs from a different installation ({})", venv.display()))
+}
+
 pub fn run(common: &Common) -> u8 {
     let env = path_env(common);
     let mut warnings: Vec<String> = Vec::new();
@@ -116,6 +134,10 @@ pub fn run(common: &Common) -> u8 {
                     deleted.len(),
                     deleted[0]
                 ));
+            }
+            if let Some(other) = other_installation(pid, env_dir) {
+                stale = true;
+                evidence.push(other);
             }
         }
         if stale {
@@ -189,4 +211,52 @@ pub fn run(common: &Common) -> u8 {
         }
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kills and reaps the child on drop, panic included.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_python_of_another_venv_is_another_installation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let venv = tmp.path().join("cache-env");
+        fs::create_dir_all(venv.join("bin")).unwrap();
+        fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        // Its argv[0] is the venv's python, as a uvx-run server's would be.
+        std::os::unix::fs::symlink("/bin/sleep", venv.join("bin/python3")).unwrap();
+        let child = Child(
+            std::process::Command::new(venv.join("bin/python3"))
+                .arg("30")
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id() as sys::Pid;
+        // Readiness: the exec has happened once cmdline names the new program.
+        let want = venv.join("bin/python3").display().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sys::cmdline(pid).first() != Some(&want) {
+            assert!(std::time::Instant::now() < deadline, "child never exec'd");
+            std::thread::yield_now();
+        }
+        let ours = tmp.path().join("tools/memtomem");
+        let found = other_installation(pid, &ours).expect("flagged");
+        assert!(found.contains("cache-env"), "{found}");
+        // The same interpreter inside our installation is not "other".
+        assert_eq!(other_installation(pid, &venv), None);
+        // A process that is not a venv python is not judged by this rule.
+        assert_eq!(
+            other_installation(std::process::id() as sys::Pid, &ours),
+            None
+        );
+    }
 }
