@@ -469,7 +469,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     if !s.skip_pkill {
         for _ in 0..3 {
             let inv = cx.inventory("post-install");
-            let (old, _new) = verify::split_generations(&inv, installed_ticks);
+            let (old, new) = verify::split_generations(&inv, installed_ticks);
             // A process that started after the install runs the new code,
             // whatever else is unclear about it.
             let problems = verify::old_generation_problems(&inv, installed_ticks);
@@ -483,6 +483,30 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
                 return cx.fail(exit::VERIFY_FAILED, msg, Some(&progress));
             }
             if old.is_empty() {
+                // What `status` would say of the survivors: started after the
+                // install, but still mapping deleted files of the installation
+                // or running another installation's interpreter.
+                let stale: Vec<String> = new
+                    .iter()
+                    .filter_map(|i| {
+                        let (stale, ev) = crate::status::classify(
+                            i.pid?,
+                            0.0,
+                            None,
+                            cx.install.env_dir.as_deref(),
+                        );
+                        stale.then(|| format!("pid {}: {}", i.pid.unwrap_or(0), ev.join("; ")))
+                    })
+                    .collect();
+                if !stale.is_empty() {
+                    cx.doc.insert("reinstalled".into(), json!(spec));
+                    cx.doc.insert("cleanup_complete".into(), json!(false));
+                    let msg = format!(
+                        "memtomem {spec} is installed, but stale code still runs: {}",
+                        stale.join(" | ")
+                    );
+                    return cx.fail(exit::VERIFY_FAILED, msg, Some(&progress));
+                }
                 remaining.clear();
                 break;
             }

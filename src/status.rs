@@ -66,6 +66,51 @@ fn other_installation(pid: sys::Pid, env_dir: &Path) -> Option<String> {
         .then(|| format!("runs from a different installation ({})", venv.display()))
 }
 
+/// Is `pid` (started at wall time `started`) running stale code, and why?
+/// Proof only: started no later than the install, deleted mappings of the
+/// installation, or an interpreter of another installation.
+pub fn classify(
+    pid: sys::Pid,
+    started: f64,
+    installed_at: Option<f64>,
+    env_dir: Option<&Path>,
+) -> (bool, Vec<String>) {
+    let mut evidence = Vec::new();
+    let mut stale = false;
+    if let Some(at) = installed_at {
+        // One clock tick of tolerance: a process started in the same tick
+        // as the receipt write is ambiguous and counted as stale.
+        if started <= at + 1.0 / sys::clock_ticks() as f64 {
+            stale = true;
+            evidence.push(format!(
+                "started {} before the install at {}",
+                fmt_wall(started),
+                fmt_wall(at)
+            ));
+        }
+    }
+    if let Some(env_dir) = env_dir {
+        let deleted: Vec<String> = sys::maps(pid)
+            .into_iter()
+            .filter(|m| m.deleted && Path::new(&m.path).starts_with(env_dir))
+            .map(|m| m.path)
+            .collect();
+        if !deleted.is_empty() {
+            stale = true;
+            evidence.push(format!(
+                "maps {} deleted file(s) of the installation, e.g. {}",
+                deleted.len(),
+                deleted[0]
+            ));
+        }
+        if let Some(other) = other_installation(pid, env_dir) {
+            stale = true;
+            evidence.push(other);
+        }
+    }
+    (stale, evidence)
+}
+
 pub fn run(common: &Common) -> u8 {
     let env = path_env(common);
     let mut warnings: Vec<String> = Vec::new();
@@ -106,40 +151,10 @@ pub fn run(common: &Common) -> u8 {
     let mut stale_count = 0;
     for i in &inv.instances {
         let Some(pid) = i.pid else { continue };
-        let mut evidence = i.evidence.clone();
-        let mut stale = false;
         let started = start_wall_secs(i.start_ticks);
-        if let Some(at) = installed_at {
-            // One clock tick of tolerance: a process started in the same tick
-            // as the receipt write is ambiguous and counted as stale.
-            if started <= at + 1.0 / sys::clock_ticks() as f64 {
-                stale = true;
-                evidence.push(format!(
-                    "started {} before the install at {}",
-                    fmt_wall(started),
-                    fmt_wall(at)
-                ));
-            }
-        }
-        if let Some(env_dir) = &install.env_dir {
-            let deleted: Vec<String> = sys::maps(pid)
-                .into_iter()
-                .filter(|m| m.deleted && Path::new(&m.path).starts_with(env_dir))
-                .map(|m| m.path)
-                .collect();
-            if !deleted.is_empty() {
-                stale = true;
-                evidence.push(format!(
-                    "maps {} deleted file(s) of the installation, e.g. {}",
-                    deleted.len(),
-                    deleted[0]
-                ));
-            }
-            if let Some(other) = other_installation(pid, env_dir) {
-                stale = true;
-                evidence.push(other);
-            }
-        }
+        let (stale, mut evidence) =
+            classify(pid, started, installed_at, install.env_dir.as_deref());
+        evidence.splice(0..0, i.evidence.iter().cloned());
         if stale {
             stale_count += 1;
         }
