@@ -19,13 +19,14 @@ verified in /proc), resolves and downloads the target version first, stops the s
 removes stale pid files without touching live ones, runs `uv tool install --reinstall memtomem[extras]==VERSION`, \
 then retires any process of the old generation that a client respawned meanwhile.",
     after_help = exit::TABLE,
-    args_conflicts_with_subcommands = true,
     // `--version` is the memtomem version to install (upstream's flag).
     disable_version_flag = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    #[command(flatten)]
+    pub common: Common,
     /// Print mm-upgrade's own version.
     #[arg(short = 'V', long = "self-version", action = clap::ArgAction::Version)]
     pub self_version: Option<bool>,
@@ -102,12 +103,41 @@ pub struct UpgradeArgs {
     /// Do not keep a copy of the current installation to restore if uv fails.
     #[arg(long)]
     pub no_rollback: bool,
-    #[command(flatten)]
-    pub common: Common,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {}
+
+/// Upgrade-only flags make no sense with a subcommand (`--dry-run status`):
+/// a usage error rather than a silently ignored flag. The shared options
+/// (`--json`, `--runtime-dir`, `--home`, `--uv`) go before or after it.
+pub fn reject_upgrade_flags_with_subcommand(m: &clap::ArgMatches) -> Result<(), clap::Error> {
+    let Some((sub, _)) = m.subcommand() else {
+        return Ok(());
+    };
+    let upgrade_only = [
+        ("target_version", "--version"),
+        ("grace", "--grace"),
+        ("extras", "--extras"),
+        ("yes", "--yes"),
+        ("dry_run", "--dry-run"),
+        ("skip_pkill", "--skip-pkill"),
+        ("no_prepare", "--no-prepare"),
+        ("uv_timeout", "--uv-timeout"),
+        ("events", "--events"),
+        ("no_verify", "--no-verify"),
+        ("no_rollback", "--no-rollback"),
+    ];
+    for (id, flag) in upgrade_only {
+        if m.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            return Err(<Cli as clap::CommandFactory>::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("{flag} applies to the upgrade, not to `{sub}`"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// `5`, `0.5`, `1.5s`, `500ms`; never negative.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -167,13 +197,13 @@ pub fn path_env(common: &Common) -> PathEnv {
 
 impl Settings {
     /// Validate before anything touches the system; errors are usage errors.
-    pub fn resolve(a: &UpgradeArgs) -> Result<Settings, String> {
+    pub fn resolve(a: &UpgradeArgs, common: &Common) -> Result<Settings, String> {
         let version = a
             .target_version
             .as_deref()
             .map(crate::version::validate)
             .transpose()?;
-        if let Some(dir) = &a.common.runtime_dir {
+        if let Some(dir) = &common.runtime_dir {
             if !dir.is_absolute() {
                 return Err(format!(
                     "--runtime-dir {} must be an absolute path",
@@ -186,16 +216,16 @@ impl Settings {
             grace: a.grace,
             extras: a.extras.as_deref().map(crate::install::parse_extras_flag),
             yes: a.yes,
-            json: a.common.json,
+            json: common.json,
             dry_run: a.dry_run,
             skip_pkill: a.skip_pkill,
             no_prepare: a.no_prepare,
             no_verify: a.no_verify,
             no_rollback: a.no_rollback,
-            uv: a.common.uv.clone(),
+            uv: common.uv.clone(),
             uv_timeout: a.uv_timeout,
             events: a.events.clone(),
-            paths: path_env(&a.common),
+            paths: path_env(common),
             path_var: std::env::var_os("PATH"),
         })
     }

@@ -32,11 +32,18 @@ pub mod version;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::CommandFactory;
 
 /// The whole program: parse, resolve, act, map to an exit code.
 pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
-    let cli = match cli::Cli::try_parse_from(args) {
+    let parsed = cli::Cli::command()
+        .try_get_matches_from(args)
+        .and_then(|m| {
+            use clap::FromArgMatches;
+            cli::reject_upgrade_flags_with_subcommand(&m)?;
+            cli::Cli::from_arg_matches(&m)
+        });
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -68,11 +75,8 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
                 }
             }
         }
-        Some(cli::Command::Status(_)) => {
-            let common = &cli.upgrade.common;
-            status::run(common)
-        }
-        None => match cli::Settings::resolve(&cli.upgrade) {
+        Some(cli::Command::Status(_)) => status::run(&cli.common),
+        None => match cli::Settings::resolve(&cli.upgrade, &cli.common) {
             Err(msg) => {
                 eprintln!("error: {msg}");
                 exit::USAGE

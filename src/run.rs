@@ -675,7 +675,14 @@ fn render_plan(cx: &mut Ctx, plan: &Plan, extras: &[String], source: &str, expli
         lines.push("  No running server or web UI detected — reinstall only".into());
     }
     for p in plan.would_remove() {
-        lines.push(format!("  Remove stale {}", t(&p)));
+        if plan.stale.contains(&p) {
+            lines.push(format!("  Remove stale {}", t(&p)));
+        } else {
+            lines.push(format!(
+                "  Remove {} once its holder has exited (if nobody holds it then)",
+                t(&p)
+            ));
+        }
     }
     if !extras.is_empty() {
         lines.push(format!("  Extras: [{}] ({source})", extras.join(",")));

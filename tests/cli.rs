@@ -418,3 +418,28 @@ fn status_names_the_store_writer() {
     let doc = json_run(sb.upgrader().args(["status", "--json"]), 0);
     assert_eq!(doc["db_writer"], writer.pid(), "{doc}");
 }
+
+#[test]
+fn shared_options_go_before_or_after_the_subcommand_but_upgrade_flags_do_not_mix() {
+    let sb = Sandbox::new();
+    set_install_time(&sb, std::time::Duration::from_secs(5));
+    let server = sb.server("s", &[]);
+    let rt = sb.rt();
+    for args in [
+        vec!["--runtime-dir", rt.to_str().unwrap(), "--json", "status"],
+        vec!["status", "--runtime-dir", rt.to_str().unwrap(), "--json"],
+    ] {
+        let doc = json_run(
+            sb.upgrader()
+                .env_remove("MM_UPGRADE_RUNTIME_DIR")
+                .args(&args),
+            0,
+        );
+        assert_eq!(doc["processes"][0]["pid"], server.pid(), "{args:?}: {doc}");
+    }
+    sb.upgrader()
+        .args(["--dry-run", "status"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--dry-run applies to the upgrade"));
+}
