@@ -21,6 +21,11 @@ pub const INSTALL_FAILED: u8 = 5;
 /// finds stale processes.
 pub const VERIFY_FAILED: u8 = 6;
 
+/// Interrupted (Ctrl-C, SIGTERM, SIGHUP) before anything changed. From the
+/// first signal to a server until the install is done, an interrupt is
+/// deferred, so this code never means "half-upgraded".
+pub const INTERRUPTED: u8 = 130;
+
 /// The table printed in `--help` and the README.
 pub const TABLE: &str = "\
 Exit codes:
@@ -29,4 +34,5 @@ Exit codes:
   3  refused before anything changed (unverifiable or unsafe state, no confirmation, another run)
   4  failed after something changed (a stop failed); the output says what was stopped and removed
   5  install failed (uv missing, timed out or failed; or the version cannot be prepared, in which case nothing was stopped)
-  6  installed, but old-generation processes remain or the new version does not start (status: stale processes found)";
+  6  installed, but old-generation processes remain or the new version does not start (status: stale processes found)
+  130  interrupted before anything changed (an interrupt after the first stop waits until the install is done)";

@@ -24,6 +24,8 @@ pub enum UvError {
     Spawn { program: String, error: String },
     #[error("{what} timed out after {secs}s")]
     Timeout { what: String, secs: u64 },
+    #[error("{what} was interrupted by {signal}")]
+    Interrupted { what: String, signal: &'static str },
     #[error("{what} failed (rc={code})")]
     Failed {
         what: String,
@@ -46,6 +48,9 @@ impl UvError {
 pub struct Uv {
     pub program: PathBuf,
     pub timeout: Duration,
+    /// Stop waiting (and stop uv) when an interrupt arrives; off for the
+    /// install itself, which always runs to its end.
+    pub interruptible: bool,
 }
 
 /// Output of a finished uv call.
@@ -73,6 +78,7 @@ impl Uv {
         Ok(Uv {
             program: found,
             timeout,
+            interruptible: true,
         })
     }
 
@@ -120,12 +126,20 @@ impl Uv {
             s
         });
         let pid = child.id() as i32;
-        let exited = wait_child_exit(pid, timeout);
+        let interruptible = self.interruptible;
+        let abort = move || interruptible && crate::interrupt::requested().is_some();
+        let exited = wait_child_exit(pid, timeout, &abort);
         if !exited {
             // SAFETY: uv leads its own group (process_group(0) above).
             unsafe { libc::kill(-pid, libc::SIGKILL) };
             let _ = child.wait();
             let _ = (out_t.join(), err_t.join());
+            if let Some(sig) = crate::interrupt::requested().filter(|_| interruptible) {
+                return Err(UvError::Interrupted {
+                    what: what.to_string(),
+                    signal: crate::interrupt::name(sig),
+                });
+            }
             return Err(UvError::Timeout {
                 what: what.to_string(),
                 secs: timeout.as_secs(),
@@ -180,13 +194,13 @@ impl Uv {
 }
 
 /// Wait for a child to exit (without reaping it) for at most `timeout`.
-fn wait_child_exit(pid: i32, timeout: Duration) -> bool {
+fn wait_child_exit(pid: i32, timeout: Duration, abort: &dyn Fn() -> bool) -> bool {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd >= 0 {
         // SAFETY: fresh descriptor from the kernel.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-        let h = crate::sys::wait_any_fd(&fd, timeout);
+        let h = crate::sys::wait_any_fd(&fd, timeout, abort);
         return h;
     }
     let deadline = Instant::now() + timeout;
@@ -207,7 +221,7 @@ fn wait_child_exit(pid: i32, timeout: Duration) -> bool {
         if rc == 0 && unsafe { info.si_pid() } == pid {
             return true;
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || abort() {
             return false;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -454,6 +468,7 @@ mod tests {
         let sh = Uv {
             program: "/bin/sh".into(),
             timeout: Duration::from_secs(5),
+            interruptible: true,
         };
         let err = sh
             .run(

@@ -16,6 +16,7 @@ pub mod dblock;
 pub mod discover;
 pub mod exit;
 pub mod install;
+pub mod interrupt;
 pub mod lock;
 pub mod paths;
 pub mod pidfile;

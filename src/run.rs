@@ -167,6 +167,7 @@ fn join(pids: &[Pid]) -> String {
 }
 
 pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
+    crate::interrupt::install();
     let mut cx = Ctx {
         s,
         ui,
@@ -284,6 +285,14 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
                 cx.ui.say("Cancelled — nothing was changed.");
                 return cx.finish(exit::OK);
             }
+            Confirm::Interrupted => {
+                let sig = crate::interrupt::requested().map_or("a signal", crate::interrupt::name);
+                return cx.fail(
+                    exit::INTERRUPTED,
+                    format!("interrupted by {sig} at the prompt; nothing was changed"),
+                    None,
+                );
+            }
             Confirm::NotATerminal => {
                 return cx.fail(
                     exit::REFUSED,
@@ -295,6 +304,13 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         }
     }
     let uv = uv.expect("uv is located for real runs");
+    if let Some(sig) = crate::interrupt::requested() {
+        let msg = format!(
+            "interrupted by {} before anything was changed",
+            crate::interrupt::name(sig)
+        );
+        return cx.fail(exit::INTERRUPTED, msg, None);
+    }
 
     // Prepare while the old servers still serve: a version that cannot be
     // installed fails here, before anything is stopped.
@@ -335,8 +351,12 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
                         eprint!("{err}");
                     }
                 }
+                let code = match e {
+                    UvError::Interrupted { .. } => exit::INTERRUPTED,
+                    _ => exit::INSTALL_FAILED,
+                };
                 let msg = format!("cannot prepare {spec}: {e}. Nothing was stopped; the installed memtomem is untouched.");
-                return cx.fail(exit::INSTALL_FAILED, msg, None);
+                return cx.fail(code, msg, None);
             }
         }
     }
@@ -358,6 +378,15 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         }
         None => None,
     };
+
+    // Last point at which an interrupt is honoured at once.
+    if let Some(sig) = crate::interrupt::requested() {
+        let msg = format!(
+            "interrupted by {} before anything was changed",
+            crate::interrupt::name(sig)
+        );
+        return cx.fail(exit::INTERRUPTED, msg, None);
+    }
 
     if s.skip_pkill {
         for i in &plan.kept {
@@ -417,7 +446,13 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     let argv = install::install_args(&spec, prepared);
     cx.ui.event("installing", json!({"argv": argv}));
     let install_started = Instant::now();
-    let result = uv.run("uv tool install", &argv, &[], s.uv_timeout);
+    // Never cut short: stopped servers and a half-written environment are
+    // worse than a finished install.
+    let uv_install = install::Uv {
+        interruptible: false,
+        ..uv.clone()
+    };
+    let result = uv_install.run("uv tool install", &argv, &[], s.uv_timeout);
     let installed_ticks = sys::boot_ticks_now();
     let window_ms = progress
         .first_signal
@@ -452,6 +487,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             UvError::Missing(_)
             | UvError::Spawn { .. }
             | UvError::Timeout { .. }
+            | UvError::Interrupted { .. }
             | UvError::Failed { .. } => e.to_string(),
         };
         return cx.fail(
@@ -569,6 +605,12 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         ));
     }
 
+    if let Some(sig) = crate::interrupt::requested() {
+        cx.warnings.push(format!(
+            "{} arrived during the upgrade; it was held until the upgrade finished, so nothing is left half-done",
+            crate::interrupt::name(sig)
+        ));
+    }
     let killed = progress.killed();
     let d = &mut cx.doc;
     d.insert("ok".into(), json!(true));

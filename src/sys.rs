@@ -519,7 +519,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Poll one descriptor for readability for at most `timeout`.
-pub fn wait_any_fd(fd: &OwnedFd, timeout: Duration) -> bool {
+pub fn wait_any_fd(fd: &OwnedFd, timeout: Duration, abort: &dyn Fn() -> bool) -> bool {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -534,7 +534,7 @@ pub fn wait_any_fd(fd: &OwnedFd, timeout: Duration) -> bool {
         if rc > 0 {
             return true;
         }
-        if rc == 0 || left.is_zero() {
+        if rc == 0 || left.is_zero() || abort() {
             return false;
         }
         // EINTR: poll again with the remaining time.

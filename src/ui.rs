@@ -88,10 +88,35 @@ impl Ui {
         }
         let _ = write!(io::stderr().lock(), "\n{question} [Y/n] ");
         let _ = io::stderr().flush();
-        let mut answer = String::new();
-        if io::stdin().read_line(&mut answer).is_err() {
-            return Confirm::No;
+        // A raw read, so Ctrl-C (EINTR with our handler installed) cancels
+        // instead of being retried the way std's line reader retries.
+        let mut answer = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            // SAFETY: reading one byte into a valid buffer from fd 0.
+            let n = unsafe { libc::read(0, b.as_mut_ptr().cast(), 1) };
+            if n == 1 && b[0] != b'\n' {
+                answer.push(b[0]);
+                continue;
+            }
+            if n < 0
+                && crate::interrupt::requested().is_none()
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {
+                continue;
+            }
+            // EOF before an answer, an error, or Ctrl-C: no.
+            if crate::interrupt::requested().is_some() {
+                let _ = writeln!(io::stderr());
+                return Confirm::Interrupted;
+            }
+            if n < 0 || (n == 0 && answer.is_empty()) {
+                let _ = writeln!(io::stderr());
+                return Confirm::No;
+            }
+            break;
         }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
         match answer.trim().to_ascii_lowercase().as_str() {
             "" | "y" | "yes" => Confirm::Yes,
             _ => Confirm::No,
@@ -102,5 +127,6 @@ impl Ui {
 pub enum Confirm {
     Yes,
     No,
+    Interrupted,
     NotATerminal,
 }

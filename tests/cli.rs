@@ -443,3 +443,90 @@ fn shared_options_go_before_or_after_the_subcommand_but_upgrade_flags_do_not_mix
         .code(2)
         .stderr(predicate::str::contains("--dry-run applies to the upgrade"));
 }
+
+/// mm-upgrade as a child we can signal; killed and reaped on drop.
+struct Upgrader(std::process::Child);
+
+impl Drop for Upgrader {
+    fn drop(&mut self) {
+        // SIGTERM first: mm-upgrade then stops the uv process group it made
+        // (a SIGKILL would orphan it); SIGKILL if it does not exit.
+        if let Ok(None) = self.0.try_wait() {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while let Ok(None) = self.0.try_wait() {
+                if std::time::Instant::now() > deadline {
+                    let _ = self.0.kill();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_upgrader(sb: &Sandbox, mode: &str) -> Upgrader {
+    use std::os::unix::process::CommandExt;
+    let mut std_cmd = sb.upgrader_std();
+    std_cmd
+        .env("FAKE_UV_MODE", mode)
+        .args(["-y", "--json", "--version", "0.6.12"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    Upgrader(std_cmd.spawn().unwrap())
+}
+
+fn finish(mut up: Upgrader) -> (i32, serde_json::Value) {
+    let mut out = String::new();
+    std::io::Read::read_to_string(up.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let code = up.0.wait().unwrap().code().unwrap();
+    (code, common::json_of(out.as_bytes()))
+}
+
+#[test]
+fn ctrl_c_while_preparing_stops_uv_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let up = spawn_upgrader(&sb, "hang-prepare");
+    common::wait_for("the prepare call", || {
+        sb.uv_log().contains("install --refresh memtomem")
+    });
+    unsafe { libc::kill(up.0.id() as i32, libc::SIGINT) };
+    let (code, doc) = finish(up);
+    assert_eq!(code, 130, "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by SIGINT"),
+        "{doc}"
+    );
+    assert!(server.alive());
+    assert!(exists(&server.pid_file()));
+    assert!(!sb.uv_log().contains("--reinstall"));
+}
+
+#[test]
+fn ctrl_c_during_the_install_is_held_until_the_upgrade_is_done() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let up = spawn_upgrader(&sb, "slow-install");
+    common::wait_for("the install call", || {
+        sb.uv_log().contains("--reinstall-package")
+    });
+    unsafe { libc::kill(up.0.id() as i32, libc::SIGINT) };
+    let (code, doc) = finish(up);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["killed"], serde_json::json!([server.pid()]));
+    assert!(
+        doc["warnings"]
+            .to_string()
+            .contains("held until the upgrade finished"),
+        "{doc}"
+    );
+    assert!(exists(&sb.path(
+        "tools/memtomem/lib/python3.12/site-packages/memtomem-0.6.12.dist-info"
+    )));
+}

@@ -41,10 +41,14 @@ case "$*" in
 esac
 if [ "$phase" = prepare ]; then
   if [ "$mode" = fail-prepare ]; then echo "error: no version of memtomem==99.99.99" >&2; exit 1; fi
+  if [ "$mode" = hang-prepare ]; then sleep 60; fi
   mkdir -p "$UV_TOOL_DIR/memtomem/lib/python3.12/site-packages/memtomem-0.6.12.dist-info"
   exit 0
 fi
 tools="${UV_TOOL_DIR:-$SANDBOX/tools}"
+case "$mode" in
+  slow-install) sleep 1 ;;
+esac
 case "$mode" in
   fail-install) echo "error: install exploded" >&2; exit 2 ;;
   delete-then-fail) rm -rf "$tools/memtomem" "$SANDBOX/bin/memtomem-server"; echo "error: failed half-way" >&2; exit 2 ;;
@@ -104,14 +108,20 @@ impl Sandbox {
 
     /// `mm-upgrade` confined to this sandbox.
     pub fn upgrader(&self) -> assert_cmd::Command {
-        let mut c = assert_cmd::Command::cargo_bin("mm-upgrade").unwrap();
+        let mut c = assert_cmd::Command::from_std(self.upgrader_std());
+        c.timeout(Duration::from_secs(60));
+        c
+    }
+
+    /// The same, as a plain `std::process::Command` (for tests that signal it).
+    pub fn upgrader_std(&self) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("mm-upgrade"));
         c.env("HOME", self.path("home"))
             .env("MM_UPGRADE_RUNTIME_DIR", self.rt())
             .env("MM_UPGRADE_UV", self.path("uv"))
             .env("SANDBOX", self.dir.path())
             .env("UV_TOOL_DIR", self.path("tools"))
-            .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
-            .timeout(Duration::from_secs(60));
+            .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH");
         c
     }
 
@@ -218,6 +228,15 @@ impl Drop for Server {
             }
         }
         let _ = self.child.wait();
+    }
+}
+
+/// Poll until `cond` holds (a readiness handshake, with a deadline).
+pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
