@@ -330,6 +330,14 @@ pub fn install_args(spec: &str, prepared: bool) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// The online retry of a prepared install (same packages, network allowed).
+pub fn online_retry_args(spec: &str) -> Vec<String> {
+    ["tool", "install", "--reinstall-package", PACKAGE, spec]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// Result of the preparation: the exact version uv resolved, now in its cache.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -339,7 +347,11 @@ pub struct Prepared {
 
 /// Resolve and download `spec` by installing it into a throwaway tool dir:
 /// the same resolver and cache as the real install, without touching it.
-pub fn prepare(uv: &Uv, spec: &str) -> Result<Prepared, UvError> {
+/// `python`: the interpreter of the installed environment, so the prepared
+/// wheels are the ones the in-place install will need (a different default
+/// Python would warm the cache for the wrong ABI and the offline install
+/// would fail after the servers are stopped).
+pub fn prepare(uv: &Uv, spec: &str, python: Option<&Path>) -> Result<Prepared, UvError> {
     let scratch = tempfile::Builder::new()
         .prefix("mm-upgrade-prepare-")
         .tempdir()
@@ -356,10 +368,15 @@ pub fn prepare(uv: &Uv, spec: &str) -> Result<Prepared, UvError> {
         ),
         (OsString::from("UV_TOOL_BIN_DIR"), bin.into_os_string()),
     ];
-    let args: Vec<String> = ["tool", "install", "--refresh", spec]
+    let mut args: Vec<String> = ["tool", "install", "--refresh"]
         .iter()
         .map(|s| s.to_string())
         .collect();
+    if let Some(py) = python {
+        args.push("--python".into());
+        args.push(py.display().to_string());
+    }
+    args.push(spec.to_string());
     let out = uv.run(&format!("preparing {spec}"), &args, &envs, uv.timeout)?;
     Ok(Prepared {
         version: installed_version(&tools),

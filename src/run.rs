@@ -329,7 +329,13 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         cx.ui.say(format!(
             "Preparing {spec} (the running servers keep serving)…"
         ));
-        match install::prepare(&uv, &spec) {
+        let env_python = cx
+            .install
+            .env_dir
+            .as_ref()
+            .map(|d| d.join("bin/python"))
+            .filter(|p| p.exists());
+        match install::prepare(&uv, &spec, env_python.as_deref()) {
             Ok(p) => {
                 prepared = true;
                 if version.is_none() {
@@ -452,7 +458,25 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         interruptible: false,
         ..uv.clone()
     };
-    let result = uv_install.run("uv tool install", &argv, &[], s.uv_timeout);
+    let mut result = uv_install.run("uv tool install", &argv, &[], s.uv_timeout);
+    // The offline install needs what the prepare put in the cache; should uv
+    // still find something missing, the network is the lesser evil now that
+    // the servers are down.
+    if prepared {
+        if let Err(UvError::Failed { stderr, .. }) = &result {
+            let lower = stderr.to_lowercase();
+            if lower.contains("offline") || lower.contains("network") {
+                let online = install::online_retry_args(&spec);
+                cx.warnings.push(format!(
+                    "the offline install missed the cache; retried online: uv {}",
+                    online.join(" ")
+                ));
+                cx.ui
+                    .event("installing", json!({"argv": online, "retry": true}));
+                result = uv_install.run("uv tool install", &online, &[], s.uv_timeout);
+            }
+        }
+    }
     let installed_ticks = sys::boot_ticks_now();
     let window_ms = progress
         .first_signal

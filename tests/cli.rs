@@ -530,3 +530,42 @@ fn ctrl_c_during_the_install_is_held_until_the_upgrade_is_done() {
         "tools/memtomem/lib/python3.12/site-packages/memtomem-0.6.12.dist-info"
     )));
 }
+
+#[test]
+fn prepare_uses_the_installed_interpreter_and_a_cache_miss_retries_online() {
+    let sb = Sandbox::new();
+    let python = sb.path("tools/memtomem/bin/python");
+    fs::write(&python, "").unwrap();
+    let server = sb.server("s", &[]);
+    let doc = json_run(
+        sb.upgrader().env("FAKE_UV_MODE", "offline-miss").args([
+            "-y",
+            "--json",
+            "--version",
+            "0.6.12",
+        ]),
+        0,
+    );
+    let log = sb.uv_log();
+    assert!(
+        log.contains(&format!(
+            "tool install --refresh --python {} memtomem[all]==0.6.12",
+            python.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("--offline --reinstall-package memtomem memtomem[all]==0.6.12"),
+        "{log}"
+    );
+    assert!(
+        log.trim_end()
+            .ends_with("tool install --reinstall-package memtomem memtomem[all]==0.6.12"),
+        "{log}"
+    );
+    assert!(
+        doc["warnings"].to_string().contains("retried online"),
+        "{doc}"
+    );
+    assert_eq!(doc["killed"], serde_json::json!([server.pid()]));
+}

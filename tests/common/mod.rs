@@ -48,6 +48,7 @@ fi
 tools="${UV_TOOL_DIR:-$SANDBOX/tools}"
 case "$mode" in
   slow-install) sleep 1 ;;
+  offline-miss) case "$*" in *--offline*) echo "error: memtomem==0.6.12 not in the cache and network connectivity is disabled (because --offline was provided)" >&2; exit 2 ;; esac ;;
 esac
 case "$mode" in
   fail-install) echo "error: install exploded" >&2; exit 2 ;;
