@@ -84,6 +84,15 @@ fn unlink_one(
     ui: &mut Ui,
     report_missing: bool,
 ) {
+    // Like upstream's stale unlink (#2595), under the lifecycle barrier held
+    // shared: `mm uninstall`/`mm reset` hold it exclusive while they work.
+    let _barrier = match lifecycle_shared(path) {
+        Ok(b) => b,
+        Err(e) => {
+            warnings.push(format!("left {} in place: {e}", path.display()));
+            return;
+        }
+    };
     match pidfile::unlink_if_stale(path) {
         Ok(Unlink::Removed) => {
             ui.event("unlinked", json!({"path": path, "how": "lock-then-unlink"}));
@@ -104,6 +113,41 @@ fn unlink_one(
             path.display()
         )),
         Err(e) => warnings.push(format!("failed to remove stale pid file {}: {e}", path.display())),
+    }
+}
+
+/// Hold `<runtime>/lifecycle.lock` shared (if it exists; it is never
+/// created here), waiting at most 2 s as upstream does.
+fn lifecycle_shared(path: &Path) -> Result<Option<fs::File>, String> {
+    let mut dir = path.parent().unwrap_or(Path::new("/"));
+    if dir.ends_with("presence") || dir.ends_with("instances") {
+        dir = dir.parent().unwrap_or(dir);
+    }
+    let lock = dir.join("lifecycle.lock");
+    match fs::symlink_metadata(&lock) {
+        Err(_) => return Ok(None),
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(format!("{} is not a regular file", lock.display()))
+        }
+        Ok(_) => {}
+    }
+    let file = pidfile::open_nofollow(&lock)
+        .map_err(|e| format!("cannot open {}: {e}", lock.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match pidfile::try_flock(&file, libc::LOCK_SH) {
+            Ok(true) => return Ok(Some(file)),
+            Ok(false) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Ok(false) => {
+                return Err(format!(
+                    "{} is held exclusively (mm uninstall or mm reset is running)",
+                    lock.display()
+                ))
+            }
+            Err(e) => return Err(format!("cannot lock {}: {e}", lock.display())),
+        }
     }
 }
 

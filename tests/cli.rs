@@ -569,3 +569,38 @@ fn prepare_uses_the_installed_interpreter_and_a_cache_miss_retries_online() {
     );
     assert_eq!(doc["killed"], serde_json::json!([server.pid()]));
 }
+
+#[test]
+fn stale_pid_files_are_removed_but_not_while_an_uninstall_holds_the_lifecycle_barrier() {
+    let sb = Sandbox::new();
+    let stale = sb.rt().join("server-00000000000000aa.pid");
+    fs::write(&stale, "4242\n\n2026-11-26T11:32:39+00:00\n").unwrap();
+    let barrier = fs::File::create(sb.rt().join("lifecycle.lock")).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&barrier), libc::LOCK_EX) },
+        0
+    );
+    let doc = json_run(
+        sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
+        0,
+    );
+    assert!(
+        exists(&stale),
+        "left alone while mm uninstall holds the barrier"
+    );
+    assert!(
+        doc["warnings"].to_string().contains("mm uninstall"),
+        "{doc}"
+    );
+    drop(barrier);
+    let doc = json_run(
+        sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
+        0,
+    );
+    assert!(!exists(&stale));
+    assert_eq!(
+        doc["killed"],
+        serde_json::json!([]),
+        "a stale file's pid is never signalled"
+    );
+}
