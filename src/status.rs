@@ -187,7 +187,7 @@ pub fn run(common: &Common) -> u8 {
             "warnings": warnings,
             "exit_code": code,
         });
-        println!("{doc}");
+        println!("{}", crate::ui::python_json(&doc));
     } else {
         println!(
             "memtomem {} installed {}",

@@ -77,7 +77,11 @@ impl Ui {
     /// The final JSON document (only with `--json`).
     pub fn finish_json(&mut self, doc: &Map<String, Value>) {
         if self.json {
-            let _ = writeln!(io::stdout().lock(), "{}", Value::Object(doc.clone()));
+            let _ = writeln!(
+                io::stdout().lock(),
+                "{}",
+                python_json(&Value::Object(doc.clone()))
+            );
         }
     }
 
@@ -124,9 +128,59 @@ impl Ui {
     }
 }
 
+/// One line of JSON spaced like Python's `json.dumps` (`", "`, `": "`), as
+/// memtomem's `mm upgrade --json` prints it, so scripts written against its
+/// output (even ones that match text) keep working.
+pub fn python_json(v: &Value) -> String {
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_key<W: ?Sized + io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    serde::Serialize::serialize(v, &mut ser).expect("serialising a JSON value cannot fail");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
 pub enum Confirm {
     Yes,
     No,
     Interrupted,
     NotATerminal,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_is_spaced_like_python() {
+        let v = serde_json::json!({"ok": true, "killed": [1, 2], "removed": [], "nested": {"a": "x, y"}});
+        assert_eq!(
+            super::python_json(&v),
+            r#"{"ok": true, "killed": [1, 2], "removed": [], "nested": {"a": "x, y"}}"#
+        );
+    }
 }
