@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use time::OffsetDateTime;
 
@@ -435,14 +435,6 @@ pub fn tilde(path: &Path, home: &Path) -> String {
         }
         _ => path.display().to_string(),
     }
-}
-
-pub fn display(p: &Path) -> String {
-    p.display().to_string()
-}
-
-pub fn pb(s: &str) -> PathBuf {
-    PathBuf::from(s)
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The upgrade, stage by stage: discover → plan → (prepare) → stop → clean →
 //! install → verify. Only this module sequences side effects.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -785,9 +784,4 @@ fn fmt_secs(d: Duration) -> String {
     } else {
         format!("{s}")
     }
-}
-
-/// Remove a directory tree, ignoring absence.
-pub fn remove_tree(p: &Path) {
-    let _ = fs::remove_dir_all(p);
 }

@@ -265,25 +265,6 @@ pub fn flock_holders(pids: &[Pid], dev: u64, ino: u64) -> Vec<OpenFile> {
         .collect()
 }
 
-/// Inodes with an FLOCK in `/proc/locks`, and the pid the kernel recorded.
-/// A cheap pre-filter: a lock absent here is held by nobody.
-pub fn proc_locks_flock_pids(ino: u64) -> Option<Vec<Pid>> {
-    let text = fs::read_to_string("/proc/locks").ok()?;
-    Some(
-        text.lines()
-            .filter(|l| l.contains("FLOCK"))
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                // "1: FLOCK ADVISORY WRITE 1234 fd:01:5678 0 EOF" (blocked waiters add "->")
-                let i = f.iter().position(|x| *x == "FLOCK")?;
-                let pid: Pid = f.get(i + 3)?.parse().ok()?;
-                let file_ino: u64 = f.get(i + 4)?.rsplit(':').next()?.parse().ok()?;
-                (file_ino == ino).then_some(pid)
-            })
-            .collect(),
-    )
-}
-
 /// Our own pid and every ancestor up to init: processes we must never signal.
 pub fn self_and_ancestors() -> Vec<Pid> {
     let mut out = vec![std::process::id() as Pid];
