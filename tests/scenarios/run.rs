@@ -496,29 +496,7 @@ impl Runner {
             cmd.stdin(Stdio::null())
                 .stdout(fs::File::create(&out).map_err(|e| e.to_string())?)
                 .stderr(fs::File::create(&err).map_err(|e| e.to_string())?);
-            let lock = match &b.lock {
-                Some(p) => {
-                    let path = PathBuf::from(self.expand(p)?);
-                    Some(
-                        sys::flock_file(&path)
-                            .map_err(|e| format!("bystander lock {}: {e}", path.display()))?,
-                    )
-                }
-                None => None,
-            };
-            let lock_fd = lock.as_ref().map(|f| f.as_raw_fd());
-            unsafe {
-                cmd.pre_exec(move || {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    if let Some(fd) = lock_fd {
-                        // dup2 clears close-on-exec: the bystander inherits the lock.
-                        if libc::dup2(fd, 200) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
+            let lock = self.inherit_lock(&mut cmd, b.lock.as_deref(), "bystander")?;
             let child = cmd
                 .spawn()
                 .map_err(|e| format!("bystander {}: {argv:?}: {e}", b.name))?;
@@ -539,6 +517,41 @@ impl Runner {
             });
         }
         Ok(())
+    }
+
+    /// Take the flock a `lock = "<path>"` spec names, and make the child
+    /// inherit it (as fd 200) and die with the runner. The caller drops the
+    /// returned file after the spawn, so the child is the only holder.
+    fn inherit_lock(
+        &self,
+        cmd: &mut Command,
+        spec: Option<&str>,
+        what: &str,
+    ) -> Result<Option<fs::File>, String> {
+        let lock = match spec {
+            Some(p) => {
+                let path = PathBuf::from(self.expand(p)?);
+                Some(
+                    sys::flock_file(&path)
+                        .map_err(|e| format!("{what} lock {}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let lock_fd = lock.as_ref().map(|f| f.as_raw_fd());
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(fd) = lock_fd {
+                    // dup2 clears close-on-exec: the child inherits the lock.
+                    if libc::dup2(fd, 200) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(lock)
     }
 
     fn start_servers(&mut self) -> Result<(), String> {
@@ -592,17 +605,7 @@ impl Runner {
                 c
             };
             cmd.env_clear().envs(self.base_env()).process_group(pg);
-            let lock = match &s.lock {
-                Some(p) => {
-                    let path = PathBuf::from(self.expand(p)?);
-                    Some(
-                        sys::flock_file(&path)
-                            .map_err(|e| format!("server lock {}: {e}", path.display()))?,
-                    )
-                }
-                None => None,
-            };
-            let lock_fd = lock.as_ref().map(|f| f.as_raw_fd());
+            let lock = self.inherit_lock(&mut cmd, s.lock.as_deref(), "server")?;
             for (k, v) in &s.env {
                 cmd.env(k, self.expand(v)?);
             }
@@ -618,17 +621,6 @@ impl Runner {
                     ))
                 }
             };
-            unsafe {
-                cmd.pre_exec(move || {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    if let Some(fd) = lock_fd {
-                        if libc::dup2(fd, 200) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    Ok(())
-                });
-            }
             let mut child = cmd.spawn().map_err(|e| format!("server {}: {e}", s.name))?;
             drop(lock);
             if let Some(stdin) = child.stdin.take() {
