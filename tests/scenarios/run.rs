@@ -140,7 +140,6 @@ pub struct Runner {
     failures: Vec<String>,
     notes: Vec<String>,
     upgrader: Option<Upgrader>,
-    upgrader_start_mono: u64,
     env_for_upgrader: Vec<(String, String)>,
 }
 
@@ -318,7 +317,6 @@ impl Runner {
             failures: vec![],
             notes: vec![],
             upgrader: None,
-            upgrader_start_mono: 0,
             env_for_upgrader: vec![],
         })
     }
@@ -892,7 +890,6 @@ impl Runner {
         }
         let start = Instant::now();
         self.note("upgrader", "start", json!({"argv": argv}));
-        self.upgrader_start_mono = sys::mono_ns();
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("spawning the upgrader {argv:?}: {e}"))?;
@@ -1019,54 +1016,31 @@ impl Runner {
 
     fn merged_timeline(&self) -> Vec<Ev> {
         let mut all = self.timeline.clone();
-        for p in &self.procs {
-            if !p.is_server {
-                continue;
-            }
-            for v in Self::read_jsonl(&p.events) {
-                let mono = v.get("mono_ns").and_then(Value::as_u64).unwrap_or(0);
-                let event = v
-                    .get("event")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string();
-                all.push(Ev {
-                    mono,
-                    source: p.name.clone(),
-                    event,
-                    fields: v,
-                });
-            }
-        }
-        // mm-upgrade's own --events (t_ms since its start; placed approximately).
-        for v in Self::read_jsonl(&self.dir("events").join("upgrader.jsonl")) {
-            let t = v.get("t_ms").and_then(Value::as_f64).unwrap_or(0.0);
-            let mono = self.upgrader_start_mono + (t * 1e6) as u64;
+        // Every log carries CLOCK_MONOTONIC `mono_ns`, so events order exactly.
+        let mut push = |source: &str, key: &str, v: Value| {
+            let mono = v.get("mono_ns").and_then(Value::as_u64).unwrap_or(0);
             let event = v
-                .get("event")
+                .get(key)
                 .and_then(Value::as_str)
                 .unwrap_or("?")
                 .to_string();
             all.push(Ev {
                 mono,
-                source: "mm".into(),
+                source: source.to_string(),
                 event,
                 fields: v,
             });
+        };
+        for p in self.procs.iter().filter(|p| p.is_server) {
+            for v in Self::read_jsonl(&p.events) {
+                push(&p.name, "event", v);
+            }
+        }
+        for v in Self::read_jsonl(&self.dir("events").join("upgrader.jsonl")) {
+            push("mm", "event", v);
         }
         for v in self.uv_calls() {
-            let mono = v.get("mono_ns").and_then(Value::as_u64).unwrap_or(0);
-            let kind = v
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string();
-            all.push(Ev {
-                mono,
-                source: "uv".into(),
-                event: kind,
-                fields: v,
-            });
+            push("uv", "kind", v);
         }
         // The reaper thread notices a death a little late on a loaded machine (it must be
         // scheduled first), while an upgrader watching a pidfd sees it at once and may call
