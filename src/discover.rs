@@ -128,6 +128,20 @@ pub struct Installation {
 }
 
 impl Installation {
+    /// Ask uv where its tools and entry points live.
+    pub fn from_uv(uv: &crate::install::Uv) -> Result<Installation, crate::install::UvError> {
+        let (tool_dir, bin_dir) = uv.tool_dirs()?;
+        Ok(Installation {
+            env_dir: Some(tool_dir.join(crate::install::PACKAGE)),
+            bin_dir,
+        })
+    }
+
+    /// uv's tool dir (the environment's parent).
+    pub fn tool_dir(&self) -> Option<&Path> {
+        self.env_dir.as_deref()?.parent()
+    }
+
     /// Evidence that `pid` runs code of this installation, if any. Only
     /// `/proc` data is read; nothing of the target is executed.
     pub fn evidence(&self, pid: Pid) -> Option<String> {

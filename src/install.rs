@@ -83,7 +83,6 @@ impl Uv {
     }
 
     /// Run uv with `args` (and extra environment), bounded by the timeout.
-    /// uv runs in its own process group so a timeout stops all of it.
     pub fn run(
         &self,
         what: &str,
@@ -91,82 +90,7 @@ impl Uv {
         envs: &[(OsString, OsString)],
         timeout: Duration,
     ) -> Result<UvOutput, UvError> {
-        let started = Instant::now();
-        let mut cmd = Command::new(&self.program);
-        cmd.args(args)
-            .envs(envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd.spawn().map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                UvError::Missing(format!("{} does not exist", self.program.display()))
-            } else {
-                UvError::Spawn {
-                    program: self.program.display().to_string(),
-                    error: e.to_string(),
-                }
-            }
-        })?;
-        let mut out_pipe = child.stdout.take();
-        let mut err_pipe = child.stderr.take();
-        let out_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(p) = out_pipe.as_mut() {
-                let _ = p.read_to_string(&mut s);
-            }
-            s
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(p) = err_pipe.as_mut() {
-                let _ = p.read_to_string(&mut s);
-            }
-            s
-        });
-        let pid = child.id() as i32;
-        let interruptible = self.interruptible;
-        let abort = move || interruptible && crate::interrupt::requested().is_some();
-        let exited = wait_child_exit(pid, timeout, &abort);
-        if !exited {
-            // SAFETY: uv leads its own group (process_group(0) above).
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            let _ = child.wait();
-            let _ = (out_t.join(), err_t.join());
-            if let Some(sig) = crate::interrupt::requested().filter(|_| interruptible) {
-                return Err(UvError::Interrupted {
-                    what: what.to_string(),
-                    signal: crate::interrupt::name(sig),
-                });
-            }
-            return Err(UvError::Timeout {
-                what: what.to_string(),
-                secs: timeout.as_secs(),
-            });
-        }
-        let status = child.wait().map_err(|e| UvError::Spawn {
-            program: self.program.display().to_string(),
-            error: e.to_string(),
-        })?;
-        let stdout = out_t.join().unwrap_or_default();
-        let stderr = err_t.join().unwrap_or_default();
-        if !status.success() {
-            use std::os::unix::process::ExitStatusExt;
-            let code = status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            return Err(UvError::Failed {
-                what: what.to_string(),
-                code,
-                stderr,
-            });
-        }
-        Ok(UvOutput {
-            stdout,
-            stderr,
-            elapsed: started.elapsed(),
-        })
+        run_bounded(&self.program, self.interruptible, what, args, envs, timeout)
     }
 
     /// `uv tool dir` and `uv tool dir --bin`.
@@ -193,6 +117,95 @@ impl Uv {
     }
 }
 
+/// Run `program` with `args` (and extra environment), stdin closed, its
+/// output drained on threads, bounded by `timeout`. It runs in its own
+/// process group, so a timeout (or, when `interruptible`, an interrupt)
+/// stops all of it.
+pub fn run_bounded(
+    program: &Path,
+    interruptible: bool,
+    what: &str,
+    args: &[String],
+    envs: &[(OsString, OsString)],
+    timeout: Duration,
+) -> Result<UvOutput, UvError> {
+    let started = Instant::now();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            UvError::Missing(format!("{} does not exist", program.display()))
+        } else {
+            UvError::Spawn {
+                program: program.display().to_string(),
+                error: e.to_string(),
+            }
+        }
+    })?;
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = out_pipe.as_mut() {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    let pid = child.id() as i32;
+    let abort = move || interruptible && crate::interrupt::requested().is_some();
+    let exited = wait_child_exit(pid, timeout, &abort);
+    if !exited {
+        // SAFETY: the child leads its own group (process_group(0) above).
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = child.wait();
+        let _ = (out_t.join(), err_t.join());
+        if let Some(sig) = crate::interrupt::requested().filter(|_| interruptible) {
+            return Err(UvError::Interrupted {
+                what: what.to_string(),
+                signal: crate::interrupt::name(sig),
+            });
+        }
+        return Err(UvError::Timeout {
+            what: what.to_string(),
+            secs: timeout.as_secs(),
+        });
+    }
+    let status = child.wait().map_err(|e| UvError::Spawn {
+        program: program.display().to_string(),
+        error: e.to_string(),
+    })?;
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    if !status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        return Err(UvError::Failed {
+            what: what.to_string(),
+            code,
+            stderr,
+        });
+    }
+    Ok(UvOutput {
+        stdout,
+        stderr,
+        elapsed: started.elapsed(),
+    })
+}
+
 /// Wait for a child to exit (without reaping it) for at most `timeout`.
 fn wait_child_exit(pid: i32, timeout: Duration, abort: &dyn Fn() -> bool) -> bool {
     // SAFETY: plain syscall.
@@ -205,7 +218,6 @@ fn wait_child_exit(pid: i32, timeout: Duration, abort: &dyn Fn() -> bool) -> boo
     }
     let deadline = Instant::now() + timeout;
     loop {
-        let mut status = 0;
         // SAFETY: WNOWAIT leaves the child for Child::wait to reap.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let rc = unsafe {
@@ -216,7 +228,6 @@ fn wait_child_exit(pid: i32, timeout: Duration, abort: &dyn Fn() -> bool) -> boo
                 libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
             )
         };
-        let _ = &mut status;
         // SAFETY: si_pid is valid after a successful waitid.
         if rc == 0 && unsafe { info.si_pid() } == pid {
             return true;

@@ -198,16 +198,9 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             return cx.fail(exit::INSTALL_FAILED, msg, None);
         }
     };
-    let mut tool_dir = None;
     if let Some(uv) = &uv {
-        match uv.tool_dirs() {
-            Ok((dir, bin)) => {
-                cx.install = Installation {
-                    env_dir: Some(dir.join(install::PACKAGE)),
-                    bin_dir: bin,
-                };
-                tool_dir = Some(dir);
-            }
+        match Installation::from_uv(uv) {
+            Ok(i) => cx.install = i,
             Err(e) => cx.warnings.push(format!(
                 "cannot ask uv for its tool directory ({e}); extras not detected"
             )),
@@ -216,8 +209,8 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     let (extras, extras_source) = match &s.extras {
         Some(e) => (e.clone(), "from --extras"),
         None => (
-            tool_dir
-                .as_deref()
+            cx.install
+                .tool_dir()
                 .map(install::receipt_extras)
                 .unwrap_or_default(),
             "auto-detected from uv tool receipt",
@@ -316,9 +309,9 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     let mut version = s.version.clone();
     let mut prepared = false;
     // The rollback copy is made while uv prepares: the two overlap.
-    let snapshot = match (&tool_dir, s.no_rollback || s.skip_pkill) {
+    let snapshot = match (cx.install.tool_dir(), s.no_rollback || s.skip_pkill) {
         (Some(dir), false) => Some(crate::rollback::Pending::start(
-            dir.clone(),
+            dir.to_path_buf(),
             cx.install.bin_dir.clone(),
         )),
         _ => None,
@@ -506,18 +499,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             }
             None => String::new(),
         };
-        let head = match &e {
-            UvError::Missing(_)
-            | UvError::Spawn { .. }
-            | UvError::Timeout { .. }
-            | UvError::Interrupted { .. }
-            | UvError::Failed { .. } => e.to_string(),
-        };
-        return cx.fail(
-            exit::INSTALL_FAILED,
-            format!("{head}.{tail}"),
-            Some(&progress),
-        );
+        return cx.fail(exit::INSTALL_FAILED, format!("{e}.{tail}"), Some(&progress));
     }
     let _discard = backup.map(|b| b.discard_in_background());
     cx.ui

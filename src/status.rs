@@ -119,11 +119,8 @@ pub fn run(common: &Common) -> u8 {
         std::env::var_os("PATH").as_deref(),
         std::time::Duration::from_secs(10),
     ) {
-        Ok(uv) => match uv.tool_dirs() {
-            Ok((dir, bin)) => Installation {
-                env_dir: Some(dir.join(install::PACKAGE)),
-                bin_dir: bin,
-            },
+        Ok(uv) => match Installation::from_uv(&uv) {
+            Ok(i) => i,
             Err(e) => {
                 warnings.push(format!("cannot ask uv for its tool directory ({e})"));
                 Installation::default()
@@ -142,11 +139,7 @@ pub fn run(common: &Common) -> u8 {
         scan_processes: true,
     });
     let installed_at = install.env_dir.as_deref().and_then(install_time);
-    let version = install
-        .env_dir
-        .as_deref()
-        .and_then(|d| d.parent())
-        .and_then(install::installed_version);
+    let version = install.tool_dir().and_then(install::installed_version);
     let mut procs = Vec::new();
     let mut stale_count = 0;
     for i in &inv.instances {

@@ -1,11 +1,12 @@
 //! Stage 6: prove the result. Which processes are of the old generation,
 //! and does the new entry point start?
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::discover::{Instance, Inventory};
+use crate::install::{run_bounded, UvError};
 
 /// Split live targets into old (started no later than the install finished)
 /// and new generation. Start times come from `/proc` in boot-clock ticks, not
@@ -43,43 +44,32 @@ pub fn entry_point_starts(bin_dir: &Path, home: &Path) -> Result<String, String>
             exe.display()
         ));
     }
-    let mut child = Command::new(&exe)
-        .arg("--help")
-        .env("HOME", home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the new entry point {}: {e}", exe.display()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => {
-                return Ok(format!("{} --help exited 0", exe.display()))
-            }
-            Ok(Some(status)) => {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                let last = err.lines().last().unwrap_or("").to_string();
-                return Err(format!(
-                    "the new entry point {} failed to start ({status}): {last}",
-                    exe.display()
-                ));
-            }
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "the new entry point {} did not finish --help within 60s",
-                    exe.display()
-                ));
-            }
+    let what = format!("{} --help", exe.display());
+    let home = [(OsString::from("HOME"), home.as_os_str().to_os_string())];
+    // Held to its end like the install: it only reads.
+    match run_bounded(
+        &exe,
+        false,
+        &what,
+        &["--help".into()],
+        &home,
+        Duration::from_secs(60),
+    ) {
+        Ok(_) => Ok(format!("{what} exited 0")),
+        Err(UvError::Failed { code, stderr, .. }) => {
+            let last = stderr.lines().last().unwrap_or("");
+            Err(format!(
+                "the new entry point {} failed to start (exit status: {code}): {last}",
+                exe.display()
+            ))
         }
+        Err(UvError::Timeout { .. }) => Err(format!(
+            "the new entry point {} did not finish --help within 60s",
+            exe.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot start the new entry point {}: {e}",
+            exe.display()
+        )),
     }
 }
