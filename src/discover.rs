@@ -254,7 +254,13 @@ pub fn discover(scope: &Scope) -> Inventory {
             probe_into(&mut inv, role, &path, scope, &mut table);
         }
         for sub in ["presence", "instances"] {
-            collect_markers(&mut inv, &dir.path.join(sub), &mut marker_pids);
+            collect_markers(
+                &mut inv,
+                &dir.path.join(sub),
+                &mut marker_pids,
+                scope,
+                &mut table,
+            );
         }
     }
 
@@ -363,7 +369,13 @@ fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
-fn collect_markers(inv: &mut Inventory, dir: &Path, out: &mut Vec<(Pid, PathBuf)>) {
+fn collect_markers(
+    inv: &mut Inventory,
+    dir: &Path,
+    out: &mut Vec<(Pid, PathBuf)>,
+    scope: &Scope,
+    table: &mut Option<Vec<ProcStat>>,
+) {
     let meta = match fs::symlink_metadata(dir) {
         Ok(m) => m,
         Err(_) => return,
@@ -427,9 +439,13 @@ fn collect_markers(inv: &mut Inventory, dir: &Path, out: &mut Vec<(Pid, PathBuf)
                     }
                     let named_alive =
                         sys::proc_stat(pid).is_some_and(|s| s.state != RunState::Zombie);
-                    let holders: Vec<Pid> = sys::flock_holders(&sys::all_pids(), m.dev(), m.ino())
+                    let id = FileId {
+                        dev: m.dev(),
+                        ino: m.ino(),
+                    };
+                    let holders: Vec<Pid> = find_holders(id, scope, table)
                         .iter()
-                        .map(|o| o.pid)
+                        .map(|h| h.pid)
                         .collect();
                     if !named_alive && !holders.is_empty() {
                         // The named process exited and a child inherited the
