@@ -35,17 +35,7 @@ pub fn after_stop(
         }
         if let Some(src) = &inst.source {
             unlink_one(src, removed, warnings, ui, true);
-            if let Some(dir) = src.parent() {
-                // Markers live in <runtime>/presence; a marker source's parent is that dir.
-                let runtime = if dir.ends_with("presence") || dir.ends_with("instances") {
-                    dir.parent()
-                } else {
-                    Some(dir)
-                };
-                if let Some(rt) = runtime {
-                    remove_markers_of(rt, pid, removed, warnings, ui);
-                }
-            }
+            remove_markers_of(runtime_dir_of(src), pid, removed, warnings, ui);
         }
     }
 }
@@ -116,14 +106,21 @@ fn unlink_one(
     }
 }
 
+/// The runtime dir a pid file or marker belongs to: its parent, or for a
+/// marker in `<runtime>/presence` or `<runtime>/instances`, the one above.
+fn runtime_dir_of(path: &Path) -> &Path {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if dir.ends_with("presence") || dir.ends_with("instances") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
 /// Hold `<runtime>/lifecycle.lock` shared (if it exists; it is never
 /// created here), waiting at most 2 s as upstream does.
 fn lifecycle_shared(path: &Path) -> Result<Option<fs::File>, String> {
-    let mut dir = path.parent().unwrap_or(Path::new("/"));
-    if dir.ends_with("presence") || dir.ends_with("instances") {
-        dir = dir.parent().unwrap_or(dir);
-    }
-    let lock = dir.join("lifecycle.lock");
+    let lock = runtime_dir_of(path).join("lifecycle.lock");
     match fs::symlink_metadata(&lock) {
         Err(_) => return Ok(None),
         Ok(m) if !m.file_type().is_file() => {

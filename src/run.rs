@@ -77,6 +77,16 @@ impl Ctx<'_> {
         inv
     }
 
+    /// An interrupt that arrived while nothing has changed yet ends the run.
+    fn interrupted_before_change(&mut self) -> Option<u8> {
+        let sig = crate::interrupt::requested()?;
+        let msg = format!(
+            "interrupted by {} before anything was changed",
+            crate::interrupt::name(sig)
+        );
+        Some(self.fail(exit::INTERRUPTED, msg, None))
+    }
+
     /// Emit the final document and return the exit code.
     fn finish(&mut self, code: u8) -> u8 {
         if !self.warnings.is_empty() {
@@ -296,12 +306,8 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         }
     }
     let uv = uv.expect("uv is located for real runs");
-    if let Some(sig) = crate::interrupt::requested() {
-        let msg = format!(
-            "interrupted by {} before anything was changed",
-            crate::interrupt::name(sig)
-        );
-        return cx.fail(exit::INTERRUPTED, msg, None);
+    if let Some(code) = cx.interrupted_before_change() {
+        return code;
     }
 
     // Prepare while the old servers still serve: a version that cannot be
@@ -378,12 +384,8 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     };
 
     // Last point at which an interrupt is honoured at once.
-    if let Some(sig) = crate::interrupt::requested() {
-        let msg = format!(
-            "interrupted by {} before anything was changed",
-            crate::interrupt::name(sig)
-        );
-        return cx.fail(exit::INTERRUPTED, msg, None);
+    if let Some(code) = cx.interrupted_before_change() {
+        return code;
     }
 
     if s.skip_pkill {
