@@ -21,6 +21,18 @@ fn pid_file(v: &Value) -> PathBuf {
     ready_path(v, "pid_file").expect("pid_file")
 }
 
+/// SIGTERM leaves the server running and locked past a grace; SIGKILL then
+/// kills it and leaves its pid file stale (payload intact, unlocked).
+fn survives_sigterm_and_dies_on_sigkill_leaving_pid_file(p: &mut Proc, r: &Value) {
+    kill(p.pid(), libc::SIGTERM);
+    assert!(p.wait_exit(GRACE).is_none(), "survived SIGTERM");
+    assert!(is_locked(&pid_file(&r)));
+    kill(p.pid(), libc::SIGKILL);
+    assert_eq!(p.wait_exit(SOON).unwrap().signal(), Some(libc::SIGKILL));
+    assert_server_payload(&std::fs::read(pid_file(&r)).unwrap(), p.pid());
+    assert!(!is_locked(&pid_file(&r)));
+}
+
 #[test]
 fn ignore_sigterm_survives_grace_and_dies_on_sigkill_leaving_pid_file() {
     let sb = Sandbox::new();
@@ -34,13 +46,7 @@ fn ignore_sigterm_survives_grace_and_dies_on_sigkill_leaving_pid_file() {
         0,
         "SIGTERM must be SIG_IGN: {sigign}"
     );
-    kill(p.pid(), libc::SIGTERM);
-    assert!(p.wait_exit(GRACE).is_none(), "survived SIGTERM");
-    assert!(is_locked(&pid_file(&r)));
-    kill(p.pid(), libc::SIGKILL);
-    assert_eq!(p.wait_exit(SOON).unwrap().signal(), Some(libc::SIGKILL));
-    assert_server_payload(&std::fs::read(pid_file(&r)).unwrap(), p.pid());
-    assert!(!is_locked(&pid_file(&r)));
+    survives_sigterm_and_dies_on_sigkill_leaving_pid_file(&mut p, &r);
 }
 
 #[test]
@@ -48,13 +54,7 @@ fn catch_sigterm_logs_it_survives_and_dies_on_sigkill() {
     let sb = Sandbox::new();
     let mut p = sb.spawn("s", &["--mode", "catch-sigterm"]);
     let r = p.ready();
-    kill(p.pid(), libc::SIGTERM);
-    assert!(p.wait_exit(GRACE).is_none(), "survived SIGTERM");
-    assert!(is_locked(&pid_file(&r)));
-    kill(p.pid(), libc::SIGKILL);
-    assert_eq!(p.wait_exit(SOON).unwrap().signal(), Some(libc::SIGKILL));
-    assert_server_payload(&std::fs::read(pid_file(&r)).unwrap(), p.pid());
-    assert!(!is_locked(&pid_file(&r)));
+    survives_sigterm_and_dies_on_sigkill_leaving_pid_file(&mut p, &r);
     assert!(p
         .events()
         .iter()
