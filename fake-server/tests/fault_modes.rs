@@ -26,11 +26,11 @@ fn pid_file(v: &Value) -> PathBuf {
 fn survives_sigterm_and_dies_on_sigkill_leaving_pid_file(p: &mut Proc, r: &Value) {
     kill(p.pid(), libc::SIGTERM);
     assert!(p.wait_exit(GRACE).is_none(), "survived SIGTERM");
-    assert!(is_locked(&pid_file(&r)));
+    assert!(is_locked(&pid_file(r)));
     kill(p.pid(), libc::SIGKILL);
     assert_eq!(p.wait_exit(SOON).unwrap().signal(), Some(libc::SIGKILL));
-    assert_server_payload(&std::fs::read(pid_file(&r)).unwrap(), p.pid());
-    assert!(!is_locked(&pid_file(&r)));
+    assert_server_payload(&std::fs::read(pid_file(r)).unwrap(), p.pid());
+    assert!(!is_locked(&pid_file(r)));
 }
 
 #[test]
