@@ -476,6 +476,100 @@ impl FileId {
     }
 }
 
+/// Exchange two directory entries atomically (`renameat2(RENAME_EXCHANGE)`;
+/// `renamex_np(RENAME_SWAP)` on macOS). Both must exist, on one filesystem.
+#[cfg(target_os = "linux")]
+pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths, relative to the current directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(target_os = "macos")]
+pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    extern "C" {
+        fn renamex_np(
+            from: *const libc::c_char,
+            to: *const libc::c_char,
+            flags: libc::c_uint,
+        ) -> libc::c_int;
+    }
+    const RENAME_SWAP: libc::c_uint = 0x2;
+    // SAFETY: two NUL-terminated paths.
+    let rc = unsafe { renamex_np(ca.as_ptr(), cb.as_ptr(), RENAME_SWAP) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Rename that never replaces an existing entry (`RENAME_NOREPLACE`; on
+/// macOS `RENAME_EXCL`).
+pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cf = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let ct = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    #[cfg(target_os = "linux")]
+    // SAFETY: two NUL-terminated paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    #[cfg(target_os = "macos")]
+    let rc = {
+        extern "C" {
+            fn renamex_np(
+                from: *const libc::c_char,
+                to: *const libc::c_char,
+                flags: libc::c_uint,
+            ) -> libc::c_int;
+        }
+        const RENAME_EXCL: libc::c_uint = 0x4;
+        // SAFETY: two NUL-terminated paths.
+        unsafe { renamex_np(cf.as_ptr(), ct.as_ptr(), RENAME_EXCL) }
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A crash-test hook: with the `fault-points` feature (test builds only),
+/// `MM_UPGRADE_FAULT=<name>` kills this process with SIGKILL at that point.
+pub fn fault_point(name: &str) {
+    #[cfg(feature = "fault-points")]
+    if std::env::var_os("MM_UPGRADE_FAULT").is_some_and(|v| v == name) {
+        // SAFETY: plain syscall on ourselves.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    let _ = name;
+}
+
 /// Effective uid of this process.
 pub fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
