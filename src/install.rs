@@ -9,7 +9,8 @@ use std::io::{self, Read};
 use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The package name on PyPI and in uv's tool dir.
@@ -120,7 +121,10 @@ impl Uv {
 /// Run `program` with `args` (and extra environment), stdin closed, its
 /// output drained on threads, bounded by `timeout`. It runs in its own
 /// process group, so a timeout (or, when `interruptible`, an interrupt)
-/// stops all of it.
+/// stops all of it. The output is collected with deadlines, never by joining
+/// the readers: a grandchild holding the pipes open (even one that left the
+/// group) cannot make the call outlast its bound by more than a second.
+/// Output that is not UTF-8 is decoded lossily.
 pub fn run_bounded(
     program: &Path,
     interruptible: bool,
@@ -147,22 +151,7 @@ pub fn run_bounded(
             }
         }
     })?;
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
+    let mut pipes = Pipes::drain(child.stdout.take(), child.stderr.take());
     let pid = child.id() as i32;
     let abort = move || interruptible && crate::interrupt::requested().is_some();
     let exited = wait_child_exit(pid, timeout, &abort);
@@ -170,7 +159,8 @@ pub fn run_bounded(
         // SAFETY: the child leads its own group (process_group(0) above).
         unsafe { libc::kill(-pid, libc::SIGKILL) };
         let _ = child.wait();
-        let _ = (out_t.join(), err_t.join());
+        // The output is not reported; a grandchild that left the group may
+        // hold the pipes open, so the readers are abandoned, never joined.
         if let Some(sig) = crate::interrupt::requested().filter(|_| interruptible) {
             return Err(UvError::Interrupted {
                 what: what.to_string(),
@@ -182,12 +172,20 @@ pub fn run_bounded(
             secs: timeout.as_secs(),
         });
     }
+    // What the child wrote is in the pipes; only a process it left behind can
+    // keep them open. Such a process in its group is killed (the unreaped
+    // child keeps the group id ours); one that left the group (setsid) is
+    // not waited for: its readers are abandoned.
+    if !pipes.collect_for(PIPE_DRAIN) {
+        // SAFETY: the child, a zombie not yet reaped, still leads its group.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        pipes.collect_for(PIPE_DRAIN_AFTER_KILL);
+    }
     let status = child.wait().map_err(|e| UvError::Spawn {
         program: program.display().to_string(),
         error: e.to_string(),
     })?;
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
+    let [stdout, stderr] = pipes.text();
     if !status.success() {
         use std::os::unix::process::ExitStatusExt;
         let code = status
@@ -206,36 +204,123 @@ pub fn run_bounded(
     })
 }
 
-/// Wait for a child to exit (without reaping it) for at most `timeout`.
+/// How long the pipes may stay open after the child exited.
+const PIPE_DRAIN: Duration = Duration::from_secs(1);
+/// ... and after its group was killed.
+const PIPE_DRAIN_AFTER_KILL: Duration = Duration::from_millis(200);
+
+/// A child's stdout and stderr, read on threads that send what they read,
+/// so the caller collects with a deadline and never blocks on a pipe that a
+/// grandchild keeps open.
+struct Pipes {
+    rx: mpsc::Receiver<(usize, Option<Vec<u8>>)>,
+    bytes: [Vec<u8>; 2],
+    open: usize,
+}
+
+impl Pipes {
+    fn drain(out: Option<ChildStdout>, err: Option<ChildStderr>) -> Pipes {
+        let (tx, rx) = mpsc::channel();
+        let mut open = 0;
+        let readers: [Option<Box<dyn Read + Send>>; 2] = [
+            out.map(|p| Box::new(p) as Box<dyn Read + Send>),
+            err.map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ];
+        for (i, pipe) in readers.into_iter().enumerate() {
+            let Some(mut pipe) = pipe else { continue };
+            open += 1;
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) => break,
+                        // A dropped receiver: abandoned; stop reading.
+                        Ok(n) => {
+                            if tx.send((i, Some(buf[..n].to_vec()))).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = tx.send((i, None));
+            });
+        }
+        Pipes {
+            rx,
+            bytes: [Vec::new(), Vec::new()],
+            open,
+        }
+    }
+
+    /// Collect output until both pipes are at their end (true) or `limit`
+    /// has passed (false).
+    fn collect_for(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((i, Some(chunk))) => self.bytes[i].extend_from_slice(&chunk),
+                Ok((_, None)) => self.open -= 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => self.open = 0,
+            }
+        }
+        true
+    }
+
+    /// stdout and stderr as text; bytes that are not UTF-8 become U+FFFD
+    /// instead of losing the whole stream.
+    fn text(&self) -> [String; 2] {
+        self.bytes
+            .each_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+}
+
+/// Wait for a child to exit (without reaping it) for at most `timeout`, or
+/// until `abort` says stop. Checked in short slices: a signal delivered to
+/// another thread (a pipe reader) does not interrupt this thread's poll, and
+/// a timeout too large for `Instant` means no deadline rather than a panic.
 fn wait_child_exit(pid: i32, timeout: Duration, abort: &dyn Fn() -> bool) -> bool {
+    const SLICE: Duration = Duration::from_millis(50);
     // SAFETY: plain syscall.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd >= 0 {
-        // SAFETY: fresh descriptor from the kernel.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-        let h = crate::sys::wait_any_fd(&fd, timeout, abort);
-        return h;
-    }
-    let deadline = Instant::now() + timeout;
+    // SAFETY: fresh descriptor from the kernel.
+    let fd = (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
+    let deadline = Instant::now().checked_add(timeout);
     loop {
-        // SAFETY: WNOWAIT leaves the child for Child::wait to reap.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as u32,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
+        let left = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()));
+        let slice = left.min(SLICE);
+        let exited = match &fd {
+            Some(fd) => crate::sys::wait_any_fd(fd, slice, abort),
+            None => {
+                // SAFETY: WNOWAIT leaves the child for Child::wait to reap.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                let rc = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as u32,
+                        &mut info,
+                        libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                    )
+                };
+                // SAFETY: si_pid is valid after a successful waitid.
+                let done = rc == 0 && unsafe { info.si_pid() } == pid;
+                if !done {
+                    std::thread::sleep(slice.min(Duration::from_millis(5)));
+                }
+                done
+            }
         };
-        // SAFETY: si_pid is valid after a successful waitid.
-        if rc == 0 && unsafe { info.si_pid() } == pid {
+        if exited {
             return true;
         }
-        if Instant::now() >= deadline || abort() {
+        if left.is_zero() || abort() {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -530,6 +615,162 @@ mod tests {
                 &[],
                 Duration::from_secs(5),
             )
+            .unwrap();
+        assert_eq!(ok.stdout, "hi\n");
+    }
+
+    fn sh() -> Uv {
+        Uv {
+            program: "/bin/sh".into(),
+            timeout: Duration::from_secs(5),
+            interruptible: true,
+        }
+    }
+
+    /// A grandchild that keeps the child's stdout and stderr open: the pid it
+    /// writes to a file is SIGKILLed when the test ends, panic included.
+    struct Grandchild {
+        _dir: tempfile::TempDir,
+        pid_file: PathBuf,
+    }
+
+    impl Grandchild {
+        fn new() -> Grandchild {
+            let dir = tempfile::tempdir().unwrap();
+            let pid_file = dir.path().join("grandchild.pid");
+            Grandchild {
+                _dir: dir,
+                pid_file,
+            }
+        }
+
+        /// A shell script that starts `sleep 30` in the background (in a
+        /// session of its own with `setsid`), waits for its pid, then `then`.
+        fn script(&self, setsid: bool, then: &str) -> String {
+            let f = self.pid_file.display();
+            format!(
+                "{} sh -c 'echo $$ > {f}.tmp && mv {f}.tmp {f} && exec sleep 30' & \
+                 while [ ! -s {f} ]; do sleep 0.01; done; {then}",
+                if setsid { "setsid" } else { "" }
+            )
+        }
+
+        fn pid(&self) -> Option<i32> {
+            fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+        }
+
+        /// Running (not gone, not a zombie) and still the `sleep` we started.
+        fn alive(&self) -> bool {
+            let Some(pid) = self.pid() else { return false };
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.contains("(sleep)") && !stat.contains(") Z")
+        }
+    }
+
+    impl Drop for Grandchild {
+        fn drop(&mut self) {
+            if let Some(pid) = self.pid().filter(|p| *p > 1 && self.alive()) {
+                // SAFETY: a plain kill of the sleep this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    #[test]
+    fn a_grandchild_that_left_the_group_with_the_pipes_open_does_not_hold_up_the_call() {
+        let g = Grandchild::new();
+        let t0 = Instant::now();
+        let ok = sh()
+            .run(
+                "x",
+                &["-c".into(), g.script(true, "echo hi")],
+                &[],
+                Duration::from_secs(20),
+            )
+            .unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert_eq!(ok.stdout, "hi\n");
+        assert!(g.alive(), "out of our group: not ours to kill");
+    }
+
+    #[test]
+    fn a_grandchild_in_the_group_holding_the_pipes_is_killed_with_the_group() {
+        let g = Grandchild::new();
+        let t0 = Instant::now();
+        let err = sh()
+            .run(
+                "x",
+                &["-c".into(), g.script(false, "echo boom >&2; exit 4")],
+                &[],
+                Duration::from_secs(20),
+            )
+            .unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert_eq!(
+            err,
+            UvError::Failed {
+                what: "x".into(),
+                code: 4,
+                stderr: "boom\n".into()
+            }
+        );
+        let gone = Instant::now() + Duration::from_secs(5);
+        while g.alive() && Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!g.alive());
+    }
+
+    #[test]
+    fn a_timeout_returns_even_when_a_grandchild_outside_the_group_holds_the_pipes() {
+        let g = Grandchild::new();
+        let t0 = Instant::now();
+        let err = sh()
+            .run(
+                "x",
+                &["-c".into(), g.script(true, "sleep 30")],
+                &[],
+                Duration::from_millis(300),
+            )
+            .unwrap_err();
+        assert!(matches!(err, UvError::Timeout { .. }), "{err:?}");
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn output_that_is_not_utf8_is_kept_lossily() {
+        // uv's "offline" in stderr decides the online retry: one bad byte
+        // must not lose it.
+        let err = sh()
+            .run(
+                "x",
+                &[
+                    "-c".into(),
+                    "printf 'caf\\351: not in the cache (--offline)\\n' >&2; exit 2".into(),
+                ],
+                &[],
+                Duration::from_secs(5),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.stderr(),
+            Some("caf\u{FFFD}: not in the cache (--offline)\n")
+        );
+        let ok = sh()
+            .run(
+                "x",
+                &["-c".into(), "printf 'a\\377b'".into()],
+                &[],
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(ok.stdout, "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn a_timeout_beyond_what_instant_can_hold_is_no_deadline_not_a_panic() {
+        let ok = sh()
+            .run("x", &["-c".into(), "echo hi".into()], &[], Duration::MAX)
             .unwrap();
         assert_eq!(ok.stdout, "hi\n");
     }
