@@ -73,8 +73,14 @@ pub struct UpgradeArgs {
     /// Install this exact version (a bare PEP 440 release such as 0.6.12 or 0.7.0rc1) [default: latest].
     #[arg(long = "version", value_name = "X.Y.Z")]
     pub target_version: Option<String>,
-    /// Seconds between SIGTERM and SIGKILL (accepts 5, 0.5, 500ms).
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_duration)]
+    /// Seconds between SIGTERM and SIGKILL (accepts 5, 0.5, 500ms; at most 3600).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "5",
+        value_parser = parse_grace,
+        allow_negative_numbers = true
+    )]
     pub grace: Duration,
     /// Extras to install, comma-separated, or `none` [default: read from uv's receipt].
     #[arg(long, value_name = "LIST|none")]
@@ -91,8 +97,14 @@ pub struct UpgradeArgs {
     /// Do not resolve and download before stopping; install with --refresh instead of --offline.
     #[arg(long)]
     pub no_prepare: bool,
-    /// Seconds uv may take per call before it is stopped.
-    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_duration)]
+    /// Seconds uv may take per call before it is stopped (more than 0, at most 3600).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "600",
+        value_parser = parse_uv_timeout,
+        allow_negative_numbers = true
+    )]
     pub uv_timeout: Duration,
     /// Also write JSON-lines progress events (discovered, signalled, exited, installed…) to FILE (`-` for stderr).
     #[arg(long, value_name = "FILE")]
@@ -139,11 +151,33 @@ pub fn reject_upgrade_flags_with_subcommand(m: &clap::ArgMatches) -> Result<(), 
     Ok(())
 }
 
-/// `5`, `0.5`, `1.5s`, `500ms`; never negative.
+/// The longest `--grace` and `--uv-timeout`: an hour. A stop that waits
+/// longer keeps the servers down for longer than any SIGTERM handler needs,
+/// and a uv call that resolves and downloads for longer is hung (the default
+/// is 600 s). The bound also keeps deadline arithmetic (`Instant` plus the
+/// duration) far from overflowing.
+pub const MAX_SECONDS: u64 = 3600;
+
+/// `5`, `0.5`, `1.5s`, `500ms`: from 0 to [`MAX_SECONDS`] seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    bounded_seconds(s, true)
+}
+
+/// `--grace`: 0 (SIGKILL at once) to [`MAX_SECONDS`].
+pub fn parse_grace(s: &str) -> Result<Duration, String> {
+    bounded_seconds(s, true)
+}
+
+/// `--uv-timeout`: more than 0 (a zero timeout fails every uv call) and at
+/// most [`MAX_SECONDS`].
+pub fn parse_uv_timeout(s: &str) -> Result<Duration, String> {
+    bounded_seconds(s, false)
+}
+
+fn bounded_seconds(s: &str, zero_ok: bool) -> Result<Duration, String> {
     let t = s.trim();
-    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
+    let (num, per_second) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1000.0)
     } else if let Some(n) = t.strip_suffix('s') {
         (n, 1.0)
     } else {
@@ -153,10 +187,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("'{s}' must be zero or more seconds"));
-    }
-    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("'{s}' is too large"))
+    let secs = v / per_second;
+    // NaN is in no range; negative, infinite and huge values are out of it.
+    (0.0..=MAX_SECONDS as f64)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
+        .filter(|d| zero_ok || !d.is_zero())
+        .ok_or_else(|| {
+            if zero_ok {
+                format!("'{s}' must be from 0 to {MAX_SECONDS} seconds")
+            } else {
+                format!("'{s}' must be more than 0 and at most {MAX_SECONDS} seconds")
+            }
+        })
 }
 
 /// Everything the engine needs, resolved and validated.
@@ -244,6 +287,29 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("inf").is_err());
+        assert!(parse_duration("NaN").is_err());
+        assert_eq!(parse_grace("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_grace("3600000ms"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_uv_timeout("0.001"), Ok(Duration::from_millis(1)));
+        for bad in [
+            "0",
+            "-0",
+            "0ms",
+            "1e-12",
+            "3601",
+            "3600001ms",
+            "1e19",
+            "-1",
+            "NaN",
+            "inf",
+        ] {
+            let e = parse_uv_timeout(bad).unwrap_err();
+            assert!(e.contains(&format!("'{bad}'")), "{e}");
+        }
+        for bad in ["3601", "1e19", "-1", "NaN", "-inf", "1e400"] {
+            assert!(parse_grace(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -35,6 +35,55 @@ fn negative_grace_is_a_usage_error() {
 }
 
 #[test]
+fn out_of_range_durations_are_one_line_usage_errors_naming_the_value() {
+    let sb = Sandbox::new();
+    let bad = [
+        ("--uv-timeout", "0"),
+        ("--uv-timeout", "0ms"),
+        ("--uv-timeout", "-1"),
+        ("--uv-timeout", "NaN"),
+        ("--uv-timeout", "inf"),
+        ("--uv-timeout", "3601"),
+        ("--uv-timeout", "1e19"),
+        ("--grace", "NaN"),
+        ("--grace", "inf"),
+        ("--grace", "3601"),
+        ("--grace", "1e19"),
+    ];
+    for (flag, value) in bad {
+        // --dry-run: were the value accepted, the run would succeed (exit 0).
+        let out = sb
+            .upgrader()
+            .args(["--dry-run", flag, value])
+            .assert()
+            .code(2)
+            .stdout("")
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("error:")
+                && first.contains(flag)
+                && first.contains(&format!("'{value}'"))
+                && !stderr.contains("panicked"),
+            "{flag} {value}: {stderr}"
+        );
+    }
+    assert_eq!(sb.uv_log(), "");
+    for (flag, value) in [
+        ("--uv-timeout", "3600"),
+        ("--grace", "3600"),
+        ("--grace", "0"),
+    ] {
+        sb.upgrader()
+            .args(["--dry-run", flag, value])
+            .assert()
+            .code(0);
+    }
+}
+
+#[test]
 fn without_yes_and_without_a_terminal_it_refuses() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
