@@ -2,6 +2,7 @@
 //! misbehaves on purpose with `--mode`. See README.md and the contract, §1–2.
 
 mod locks;
+mod mcp;
 mod modes;
 mod paths;
 mod util;
@@ -70,6 +71,14 @@ struct Cli {
     /// Do not treat stdin EOF as shutdown (for launches with stdin at /dev/null).
     #[arg(long)]
     no_stdin: bool,
+    /// serverInfo.version in the MCP `initialize` answer.
+    #[arg(
+        long,
+        env = "FAKE_SERVER_VERSION",
+        value_name = "V",
+        default_value = "0.6.12"
+    )]
+    server_version: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -196,17 +205,21 @@ struct Server {
     sigint_seen: bool,
     generation: u32,
     legacy_path_for_ready: Option<PathBuf>,
+    mcp: mcp::Session,
 }
 
 fn main() {
     // Captured before anything else, like the real server's very first statement.
-    let stamp = util::iso_now();
+    let mut stamp = util::iso_now();
     let cli = Cli::parse();
     let m = match Modes::parse(&cli.modes) {
         Ok(m) => m,
         Err(e) => die_early(&e),
     };
     let ev = Events::open(cli.events.as_deref());
+    if let Some(ms) = m.slow_start {
+        stamp = mcp::slow_start(ms, &ev);
+    }
     let generation: u32 = std::env::var("FAKE_SERVER_GENERATION")
         .ok()
         .and_then(|g| g.parse().ok())
@@ -218,6 +231,7 @@ fn main() {
     // The digest is computed before any fork so a daemon sees the same relative paths.
     let store = cli.store.clone().unwrap_or_else(paths::default_store);
     let digest = paths::store_digest(&store);
+    let mcp = mcp::Session::new(&cli.server_version, &m);
     let mut s = Server {
         watch_stdin: !cli.no_stdin && !cli.web,
         cli,
@@ -242,6 +256,7 @@ fn main() {
         sigint_seen: false,
         generation,
         legacy_path_for_ready: None,
+        mcp,
     };
     if s.m.daemonize {
         s.daemonize();
@@ -415,7 +430,7 @@ impl Server {
                     }
                 }
             }
-            if watch_stdin && fds.len() > 1 && fds[1].revents != 0 && stdin_eof() {
+            if watch_stdin && fds.len() > 1 && fds[1].revents != 0 && mcp::stdin_eof() {
                 watch_stdin = false;
                 self.ev.emit("stdin-eof", json!({}));
                 stop_now = true;
@@ -1055,35 +1070,29 @@ impl Server {
                     _ => {}
                 }
             }
-            if watch_stdin && fds.len() > 1 && fds[1].revents != 0 && stdin_eof() {
-                self.ev.emit("stdin-eof", json!({}));
-                if self.sigint_seen {
-                    self.cleanup();
-                    self.ev.emit("exit", json!({"signal": "SIGINT", "how": "sigint-after-stdin-eof", "cleaned": true}));
-                    eprintln!("KeyboardInterrupt");
-                    set_handler(libc::SIGINT, libc::SIG_DFL);
-                    sigmask(libc::SIG_UNBLOCK, &[libc::SIGINT]);
-                    // SAFETY: die by the signal itself, as Python does after KeyboardInterrupt.
-                    unsafe { libc::raise(libc::SIGINT) };
-                    hard_exit(130);
-                }
-                self.exit(0, "stdin-eof", true);
+            if watch_stdin && fds.len() > 1 && fds[1].revents != 0 {
+                self.on_stdin(); // MCP requests, or EOF: on_stdin_eof
             }
         }
     }
-}
 
-/// Reads what is available on stdin; true on EOF (or an error that means no more input).
-fn stdin_eof() -> bool {
-    let mut buf = [0u8; 4096];
-    // SAFETY: reading into our buffer; poll said fd 0 is ready, so this does not block
-    // for long (a TTY in canonical mode delivers a line or EOF).
-    let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error().raw_os_error();
-        return !matches!(e, Some(libc::EINTR) | Some(libc::EAGAIN));
+    fn on_stdin_eof(&mut self) -> ! {
+        self.ev.emit("stdin-eof", json!({}));
+        if self.sigint_seen {
+            self.cleanup();
+            self.ev.emit(
+                "exit",
+                json!({"signal": "SIGINT", "how": "sigint-after-stdin-eof", "cleaned": true}),
+            );
+            eprintln!("KeyboardInterrupt");
+            set_handler(libc::SIGINT, libc::SIG_DFL);
+            sigmask(libc::SIG_UNBLOCK, &[libc::SIGINT]);
+            // SAFETY: die by the signal itself, as Python does after KeyboardInterrupt.
+            unsafe { libc::raise(libc::SIGINT) };
+            hard_exit(130);
+        }
+        self.exit(0, "stdin-eof", true)
     }
-    n == 0
 }
 
 fn drain(fd: RawFd) -> Vec<i32> {

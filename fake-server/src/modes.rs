@@ -112,6 +112,21 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "PATH",
         "mmap PATH and keep it (belongs to that install)",
     ),
+    (
+        "hang-initialize",
+        "",
+        "read MCP initialize, never answer (EOF still exits)",
+    ),
+    (
+        "crash-on-initialize",
+        "",
+        "on MCP initialize: traceback, cleanup, exit 1",
+    ),
+    (
+        "slow-start",
+        "MS",
+        "sleep MS before anything (Python's import time)",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +175,9 @@ pub struct Modes {
     pub db_writer: bool,
     pub old_generation: Vec<PathBuf>,
     pub maps: Vec<PathBuf>,
+    pub hang_initialize: bool,
+    pub crash_on_initialize: bool,
+    pub slow_start: Option<u64>,
 }
 
 /// Validates one `--mode` value (used as clap's value parser).
@@ -301,6 +319,15 @@ impl Modes {
                     self.old_generation.push(p)
                 }
             }
+            "hang-initialize" => {
+                none()?;
+                self.hang_initialize = true
+            }
+            "crash-on-initialize" => {
+                none()?;
+                self.crash_on_initialize = true
+            }
+            "slow-start" => self.slow_start = Some(num("MS")?),
             _ => return Err(format!("unknown mode {name:?} (see --help)")),
         }
         Ok(())

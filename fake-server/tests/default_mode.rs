@@ -419,6 +419,9 @@ fn help_lists_every_mode_on_one_line() {
         "db-writer",
         "old-generation=PATH",
         "maps=PATH",
+        "hang-initialize",
+        "crash-on-initialize",
+        "slow-start=MS",
     ] {
         assert!(
             text.lines()

@@ -113,12 +113,36 @@ fn with_override(c: &mut Command, home: &Path, rt: &Path) {
 }
 
 fn spawn_with_override(bin: &Path, args: &[&str], sb: &Sandbox, rt: &Path, tag: &str) -> Proc {
+    spawn_override_to(bin, args, sb, rt, tag, Stdio::null())
+}
+
+/// `spawn_with_override` with stdout piped to an MCP client.
+fn spawn_mcp_with_override(
+    bin: &Path,
+    args: &[&str],
+    sb: &Sandbox,
+    rt: &Path,
+    tag: &str,
+) -> (Proc, Mcp) {
+    let mut p = spawn_override_to(bin, args, sb, rt, tag, Stdio::piped());
+    let mcp = Mcp::new(p.child.stdout.take().unwrap());
+    (p, mcp)
+}
+
+fn spawn_override_to(
+    bin: &Path,
+    args: &[&str],
+    sb: &Sandbox,
+    rt: &Path,
+    tag: &str,
+    stdout: Stdio,
+) -> Proc {
     let mut c = Command::new(bin);
     c.args(args);
     with_override(&mut c, &sb.home, rt);
     let log = sb.path(&format!("{tag}.stderr"));
     c.stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(File::create(&log).unwrap());
     std::os::unix::process::CommandExt::process_group(&mut c, 0);
     // SAFETY: umask is async-signal-safe.
@@ -252,6 +276,108 @@ fn default_mode_matches_a_real_memtomem_server() {
     }
     assert_eq!(list(&rt_fake), list(&rt_real));
     assert!(list(&rt_real.join("presence")).is_empty());
+}
+
+/// The MCP exchange of a client, with the raw answer lines (for the envelope's key order).
+fn mcp_session(p: &mut Proc, mcp: &Mcp) -> Vec<(String, Value)> {
+    let msgs = [
+        rpc(0, "ping"),
+        initialize(1, "2025-06-18"),
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        rpc(2, "ping"),
+        initialize(3, "1999-01-01"),
+        rpc(4, "bogus/x"),
+        rpc(5, "tools/list"),
+    ];
+    for m in &msgs {
+        Mcp::send(p, m);
+    }
+    (0..6)
+        .map(|i| {
+            // The real server needs its Python imports first (about 1.5 s).
+            let raw = mcp
+                .recv_raw(Duration::from_secs(60))
+                .unwrap_or_else(|| panic!("pid {}: no answer #{i}: {}", p.pid(), p.stderr_text()));
+            let v: Value = serde_json::from_str(&raw).unwrap();
+            assert_eq!(v["id"], i, "answers come in order: {raw}");
+            (raw, v)
+        })
+        .collect()
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn mcp_answers_match_a_real_memtomem_server() {
+    let real = Real::get();
+    let sb = Sandbox::new();
+    let (mut r, rmcp) =
+        spawn_mcp_with_override(&real.server, &[], &sb, &sb.path("rt-real"), "real");
+    let (mut f, fmcp) =
+        spawn_mcp_with_override(Path::new(BIN), &[], &sb, &sb.path("rt-fake"), "fake");
+    let real_answers = mcp_session(&mut r, &rmcp);
+    let fake_answers = mcp_session(&mut f, &fmcp);
+    let envelope = |raw: &str| {
+        raw[..raw
+            .find(r#","result":"#)
+            .or(raw.find(r#","error":"#))
+            .unwrap()]
+            .to_string()
+    };
+    for ((rraw, rv), (fraw, fv)) in real_answers.iter().zip(&fake_answers) {
+        assert_eq!(envelope(fraw), envelope(rraw), "envelope: {fraw} vs {rraw}");
+        assert_eq!(keys(fv), keys(rv), "{fv} vs {rv}");
+    }
+    let [(_, r_ping0), (_, r_init), (_, r_ping2), (_, r_init_unknown), (_, r_bogus), (_, r_tools)] =
+        &real_answers[..]
+    else {
+        unreachable!()
+    };
+    let [(_, f_ping0), (_, f_init), (_, f_ping2), (_, f_init_unknown), (_, f_bogus), (_, f_tools)] =
+        &fake_answers[..]
+    else {
+        unreachable!()
+    };
+    assert_eq!(f_ping0, r_ping0);
+    assert_eq!(f_ping2, r_ping2);
+    // initialize: the same keys, capabilities, serverInfo (name, version, nothing else)
+    // and negotiated revision; only the instructions text differs.
+    let (ri, fi) = (&r_init["result"], &f_init["result"]);
+    assert_eq!(keys(fi), keys(ri), "{fi} vs {ri}");
+    assert_eq!(fi["serverInfo"], ri["serverInfo"]);
+    assert_eq!(ri["serverInfo"]["version"], VERSION);
+    assert_eq!(fi["capabilities"], ri["capabilities"]);
+    assert_eq!(fi["protocolVersion"], ri["protocolVersion"]);
+    assert!(ri["instructions"].is_string() && fi["instructions"].is_string());
+    assert_eq!(
+        f_init_unknown["result"]["protocolVersion"], r_init_unknown["result"]["protocolVersion"],
+        "the revision offered for an unknown request"
+    );
+    assert_eq!(f_bogus, r_bogus);
+    // tools/list: the fake's one tool is a real one, with a subset of its keys.
+    let rt_list = r_tools["result"]["tools"].as_array().unwrap();
+    for t in f_tools["result"]["tools"].as_array().unwrap() {
+        let same = rt_list
+            .iter()
+            .find(|x| x["name"] == t["name"])
+            .unwrap_or_else(|| panic!("the real server has no tool {}", t["name"]));
+        for k in keys(t) {
+            assert!(same.get(&k).is_some(), "real {} has no {k}", t["name"]);
+        }
+        assert_eq!(t["inputSchema"]["type"], same["inputSchema"]["type"]);
+    }
+    // Then the same EOF shutdown.
+    for p in [&mut r, &mut f] {
+        p.close_stdin();
+        assert_eq!(
+            p.wait_exit(Duration::from_secs(10)).unwrap().code(),
+            Some(0)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -341,3 +341,106 @@ pub fn list(dir: &Path) -> Vec<String> {
 pub fn ready_path(v: &Value, key: &str) -> Option<PathBuf> {
     v[key].as_str().map(PathBuf::from)
 }
+
+// ---------------------------------------------------------------------------------------
+// MCP over stdio, as a client sees it.
+
+impl Sandbox {
+    /// Like `spawn`, with stdout piped to an MCP client.
+    pub fn spawn_mcp(&self, tag: &str, args: &[&str]) -> (Proc, Mcp) {
+        self.spawn_mcp_with(tag, args, |_| {})
+    }
+
+    /// `spawn_mcp`, after `f` adjusts the command (environment, say).
+    pub fn spawn_mcp_with(
+        &self,
+        tag: &str,
+        args: &[&str],
+        f: impl FnOnce(&mut Command),
+    ) -> (Proc, Mcp) {
+        let ready = self.path(&format!("{tag}.ready"));
+        let events = self.path(&format!("{tag}.events"));
+        let stderr = self.path(&format!("{tag}.stderr"));
+        let mut c = self.command(args);
+        c.arg("--runtime-dir")
+            .arg(&self.rt)
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--events")
+            .arg(&events)
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr).unwrap());
+        f(&mut c);
+        let mut p = Proc::start(c, ready, events, stderr);
+        let mcp = Mcp::new(p.child.stdout.take().expect("piped stdout"));
+        (p, mcp)
+    }
+}
+
+/// The reading side of an MCP client: a thread hands over each stdout line.
+pub struct Mcp {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Mcp {
+    pub fn new(out: impl std::io::Read + Send + 'static) -> Mcp {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Mcp { rx }
+    }
+
+    /// Writes one message as a line on the server's stdin.
+    pub fn send(p: &mut Proc, msg: &Value) {
+        use std::io::Write;
+        let stdin = p.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{msg}").expect("write to the server's stdin");
+        stdin.flush().unwrap();
+    }
+
+    /// The next line on stdout, raw, if one comes `within`.
+    pub fn recv_raw(&self, within: Duration) -> Option<String> {
+        self.rx.recv_timeout(within).ok()
+    }
+
+    pub fn recv(&self, within: Duration) -> Option<Value> {
+        self.recv_raw(within)
+            .map(|l| serde_json::from_str(&l).expect("one JSON object per line"))
+    }
+
+    /// Sends a request and returns the answer (the next line), panicking without one.
+    pub fn request(&self, p: &mut Proc, msg: &Value) -> Value {
+        Mcp::send(p, msg);
+        self.recv(DEADLINE).unwrap_or_else(|| {
+            panic!(
+                "no answer to {msg} within {DEADLINE:?}; stderr: {}",
+                p.stderr_text()
+            )
+        })
+    }
+}
+
+/// An `initialize` request asking for protocol revision `version`.
+pub fn initialize(id: u64, version: &str) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": version,
+            "capabilities": {},
+            "clientInfo": {"name": "fake-server-tests", "version": "1"},
+        },
+    })
+}
+
+pub fn rpc(id: u64, method: &str) -> Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method})
+}
