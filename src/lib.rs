@@ -60,20 +60,18 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     let code = match &cli.command {
         Some(cli::Command::Completions { shell }) => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                *shell,
-                &mut cli::Cli::command(),
-                "mm-upgrade",
-                &mut std::io::stdout(),
-            );
-            exit::OK
+            // Generated into memory: clap_complete panics on a write error.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cli::Cli::command(), "mm-upgrade", &mut script);
+            document(&script, "the completion script")
         }
         Some(cli::Command::Man) => {
             use clap::CommandFactory;
-            match clap_mangen::Man::new(cli::Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => exit::OK,
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(cli::Cli::command()).render(&mut page) {
+                Ok(()) => document(&page, "the man page"),
                 Err(e) => {
-                    eprintln!("error: cannot write the man page: {e}");
+                    ui::errln!("error: cannot render the man page: {e}");
                     exit::INTERNAL
                 }
             }
@@ -81,12 +79,12 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         Some(cli::Command::Status(_)) => status::run(&cli.common),
         None => match cli::Settings::resolve(&cli.upgrade, &cli.common) {
             Err(msg) => {
-                eprintln!("error: {msg}");
+                ui::errln!("error: {msg}");
                 exit::USAGE
             }
             Ok(settings) => match ui::Ui::new(settings.json, settings.events.as_deref()) {
                 Err(e) => {
-                    eprintln!("error: cannot open events file: {e}");
+                    ui::errln!("error: cannot open events file: {e}");
                     exit::USAGE
                 }
                 Ok(mut ui) => run::upgrade(&settings, &mut ui),
@@ -94,4 +92,16 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         },
     };
     ExitCode::from(code)
+}
+
+/// Print the output of `man` or `completions`: a closed pipe (`| head -1`)
+/// is a quiet success, another write error a message and exit 1.
+fn document(bytes: &[u8], what: &str) -> u8 {
+    match ui::document(bytes) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            ui::errln!("error: cannot write {what}: {e}");
+            exit::INTERNAL
+        }
+    }
 }

@@ -180,9 +180,9 @@ pub fn run(common: &Common) -> u8 {
             "warnings": warnings,
             "exit_code": code,
         });
-        println!("{}", crate::ui::python_json(&doc));
+        crate::ui::outln!("{}", crate::ui::python_json(&doc));
     } else {
-        println!(
+        crate::ui::outln!(
             "memtomem {} installed {}",
             version.as_deref().unwrap_or("(unknown version)"),
             installed_at
@@ -190,10 +190,10 @@ pub fn run(common: &Common) -> u8 {
                 .unwrap_or_else(|| "(unknown time)".into())
         );
         if procs.is_empty() {
-            println!("No memtomem process is running.");
+            crate::ui::outln!("No memtomem process is running.");
         }
         for p in &procs {
-            println!(
+            crate::ui::outln!(
                 "  pid {:>7}  {:<8} {:<16} started {}  {}",
                 p["pid"],
                 p["generation"].as_str().unwrap_or(""),
@@ -202,20 +202,20 @@ pub fn run(common: &Common) -> u8 {
                 p["source"].as_str().unwrap_or("")
             );
             for e in p["evidence"].as_array().into_iter().flatten() {
-                println!("      {}", e.as_str().unwrap_or(""));
+                crate::ui::outln!("      {}", e.as_str().unwrap_or(""));
             }
         }
         if let (Some(pid), Some(db)) = (writer, &db) {
-            println!("The store {} is write-locked by pid {pid}.", db.display());
+            crate::ui::outln!("The store {} is write-locked by pid {pid}.", db.display());
         }
         for p in &problems {
-            println!("  unverifiable: {p}");
+            crate::ui::outln!("  unverifiable: {p}");
         }
         for w in &warnings {
-            eprintln!("warning: {w}");
+            crate::ui::errln!("warning: {w}");
         }
         if stale_count > 0 {
-            println!("{stale_count} process(es) still run old code: restart them.");
+            crate::ui::outln!("{stale_count} process(es) still run old code: restart them.");
         }
     }
     code

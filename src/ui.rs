@@ -7,6 +7,48 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+/// Text on stdout that never panics and never changes the run: a closed or
+/// full stdout (EPIPE, ENOSPC, EIO) loses the text, nothing else. Every
+/// `print!`/`println!` of the program goes through here (or [`outln!`]).
+pub fn out(args: std::fmt::Arguments) {
+    let mut o = io::stdout().lock();
+    let _ = o.write_fmt(args);
+    let _ = o.flush();
+}
+
+/// The same for stderr ([`errln!`]), instead of `eprint!`/`eprintln!`.
+pub fn err(args: std::fmt::Arguments) {
+    let mut e = io::stderr().lock();
+    let _ = e.write_fmt(args);
+    let _ = e.flush();
+}
+
+/// `println!` through [`out`]: never panics.
+macro_rules! outln {
+    () => { $crate::ui::out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::ui::out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+pub(crate) use outln;
+
+/// `eprintln!` through [`err`]: never panics.
+macro_rules! errln {
+    () => { $crate::ui::err(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::ui::err(format_args!("{}\n", format_args!($($arg)*))) };
+}
+pub(crate) use errln;
+
+/// The whole output of a command whose only job is that output (`man`,
+/// `completions`). A reader that went away (EPIPE, as in `| head -1`) is
+/// success; any other failure (ENOSPC, EIO) is returned for the caller to
+/// report.
+pub fn document(bytes: &[u8]) -> io::Result<()> {
+    let mut o = io::stdout().lock();
+    match o.write_all(bytes).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
 pub struct Ui {
     pub json: bool,
     events: Option<Box<dyn Write>>,

@@ -398,6 +398,125 @@ fn completions_and_man_page_come_from_the_clap_definition() {
     );
 }
 
+/// Where a run's stdout or stderr goes in the output-failure tests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sink {
+    /// Read by the test.
+    Captured,
+    /// `/dev/full`: every write fails with ENOSPC.
+    Full,
+    /// A pipe whose reader is gone: every write fails with EPIPE.
+    ClosedPipe,
+}
+
+fn stdio(sink: Sink) -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    match sink {
+        Sink::Captured => std::process::Stdio::piped(),
+        Sink::Full => fs::File::options()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+            .into(),
+        Sink::ClosedPipe => {
+            let mut fds = [0; 2];
+            // SAFETY: a valid two-int array; the read end is closed at once.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            unsafe { libc::close(fds[0]) };
+            // SAFETY: the write end, fresh from pipe2, owned from here on.
+            unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) }.into()
+        }
+    }
+}
+
+/// Run `cmd` with stdout and stderr sent to `out` and `err`: its exit code
+/// (never a signal) and its stderr when captured.
+fn run_to(mut cmd: std::process::Command, out: Sink, err: Sink) -> (i32, String) {
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(stdio(out))
+        .stderr(stdio(err))
+        .spawn()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let code = o.status.code().unwrap_or_else(|| panic!("{:?}", o.status));
+    (code, stderr)
+}
+
+#[test]
+fn output_to_a_full_or_closed_stdout_or_stderr_never_panics() {
+    let sb = Sandbox::new();
+    let commands: [&[&str]; 7] = [
+        &["--help"],
+        &["man"],
+        &["completions", "bash"],
+        &["status"],
+        &["status", "--json"],
+        &["--dry-run"],
+        &["--dry-run", "--json"],
+    ];
+    let sinks = [
+        (Sink::Full, Sink::Captured),
+        (Sink::ClosedPipe, Sink::Captured),
+        (Sink::Captured, Sink::Full),
+        (Sink::Full, Sink::Full),
+        (Sink::ClosedPipe, Sink::ClosedPipe),
+    ];
+    for args in commands {
+        for (out, err) in sinks {
+            let mut cmd = sb.upgrader_std();
+            cmd.args(args);
+            let (code, stderr) = run_to(cmd, out, err);
+            let case = format!("{args:?} stdout {out:?} stderr {err:?}: rc={code} {stderr}");
+            assert!(code != 101 && !stderr.contains("panicked"), "{case}");
+            let document = matches!(args[0], "man" | "completions");
+            // Only a document that cannot be written at all is an error;
+            // a reader that went away (`| head -1`) is a quiet success.
+            if document && out == Sink::Full {
+                assert_eq!(code, 1, "{case}");
+                if err == Sink::Captured {
+                    assert!(stderr.contains("cannot write"), "{case}");
+                }
+            } else {
+                assert_eq!(code, 0, "{case}");
+                if err == Sink::Captured {
+                    assert_eq!(stderr, "", "{case}");
+                }
+            }
+        }
+    }
+    assert!(!sb.uv_log().contains("install"));
+}
+
+#[test]
+fn a_failing_upgrade_does_the_same_with_stdout_and_stderr_full() {
+    // The failure paths print uv's stderr; a write error there must not
+    // panic past the rollback or change the outcome.
+    for (mode, version) in [("fail-prepare", "99.99.99"), ("delete-then-fail", "0.6.12")] {
+        let mut outcomes = vec![];
+        for (out, err) in [(Sink::Captured, Sink::Captured), (Sink::Full, Sink::Full)] {
+            let sb = Sandbox::new();
+            let server = sb.server("s", &[]);
+            let mut cmd = sb.upgrader_std();
+            cmd.env("FAKE_UV_MODE", mode)
+                .args(["-y", "--version", version]);
+            let (code, stderr) = run_to(cmd, out, err);
+            assert_ne!(code, 101, "{mode} {out:?}: {stderr}");
+            let mut uv_calls: Vec<String> = sb.uv_log().lines().map(str::to_string).collect();
+            uv_calls.sort();
+            outcomes.push((
+                code,
+                server.alive(),
+                exists(&server.pid_file()),
+                fs::read_to_string(sb.path("bin/memtomem-server")).ok(),
+                uv_calls,
+            ));
+        }
+        assert_eq!(outcomes[0], outcomes[1], "{mode}");
+    }
+}
+
 /// A reinstall rewrites uv's receipt: its mtime is the install time.
 fn set_install_time(sb: &Sandbox, ago: std::time::Duration) {
     let receipt = fs::File::options()
