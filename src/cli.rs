@@ -38,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// List memtomem processes and whether each runs current or stale code.
     Status(StatusArgs),
+    /// Finish or undo an upgrade that was interrupted (killed, power cut); a normal run does this first.
+    Recover,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]

@@ -22,6 +22,7 @@ pub mod paths;
 pub mod pidfile;
 pub mod plan;
 pub mod receipt;
+pub mod recover;
 pub mod rollback;
 pub mod run;
 pub mod status;
@@ -77,6 +78,7 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             }
         }
         Some(cli::Command::Status(_)) => status::run(&cli.common),
+        Some(cli::Command::Recover) => recover::run(&cli.common),
         None => match cli::Settings::resolve(&cli.upgrade, &cli.common) {
             Err(msg) => {
                 ui::errln!("error: {msg}");

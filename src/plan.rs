@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use crate::discover::{Instance, Inventory};
-use crate::install;
 use crate::stop::StopTarget;
 use crate::sys::{self, Pid, ProcStat};
 
@@ -19,17 +18,13 @@ pub struct Plan {
     pub stale: Vec<PathBuf>,
     /// Reasons to refuse.
     pub problems: Vec<String>,
+    /// The memtomem requirement installed (`memtomem[all]`, `memtomem==0.6.12`).
     pub spec: String,
-    pub prepare: bool,
+    /// The argv after `uv` of the staged install.
+    pub argv: Vec<String>,
 }
 
-pub fn plan(
-    inv: &Inventory,
-    extras: &[String],
-    version: Option<&str>,
-    prepare: bool,
-    skip_pkill: bool,
-) -> Plan {
+pub fn plan(inv: &Inventory, spec: String, argv: Vec<String>, skip_pkill: bool) -> Plan {
     let targets: Vec<Instance> = inv.targets().cloned().collect();
     let (stops, kept) = if skip_pkill {
         (vec![], targets)
@@ -41,8 +36,8 @@ pub fn plan(
         kept,
         stale: inv.stale.iter().map(|s| s.path.clone()).collect(),
         problems: inv.all_problems(),
-        spec: install::package_spec(extras, version),
-        prepare,
+        spec,
+        argv,
     }
 }
 
@@ -66,7 +61,7 @@ impl Plan {
     /// The install argv, `uv` first.
     pub fn install_argv(&self) -> Vec<String> {
         let mut v = vec!["uv".to_string()];
-        v.extend(install::install_args(&self.spec, self.prepare));
+        v.extend(self.argv.iter().cloned());
         v
     }
 }
@@ -160,7 +155,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        let p = plan(&inv, &[], Some("0.6.12"), true, false);
+        let argv: Vec<String> = ["tool", "install", "memtomem==0.6.12"]
+            .map(String::from)
+            .to_vec();
+        let p = plan(&inv, "memtomem==0.6.12".into(), argv, false);
         assert_eq!(
             p.stops.iter().map(|i| i.pid).collect::<Vec<_>>(),
             vec![Some(100)]
@@ -178,15 +176,7 @@ mod tests {
         );
         assert_eq!(
             p.install_argv(),
-            vec![
-                "uv",
-                "tool",
-                "install",
-                "--offline",
-                "--reinstall-package",
-                "memtomem",
-                "memtomem==0.6.12"
-            ]
+            vec!["uv", "tool", "install", "memtomem==0.6.12"]
         );
     }
 
@@ -196,11 +186,9 @@ mod tests {
             instances: vec![inst(Some(100), None)],
             ..Default::default()
         };
-        let p = plan(&inv, &["all".into()], None, false, true);
+        let p = plan(&inv, "memtomem[all]".into(), vec![], true);
         assert!(p.stops.is_empty());
         assert_eq!(p.kept.len(), 1);
-        assert_eq!(p.install_argv().last().unwrap(), "memtomem[all]");
-        assert!(p.install_argv().contains(&"--refresh".to_string()));
     }
 
     #[test]

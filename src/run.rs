@@ -13,7 +13,7 @@ use crate::plan::{self, Plan};
 use crate::stop::{self, RealOps, StopConfig, StopRecord};
 use crate::sys::{self, Pid};
 use crate::ui::{Confirm, Ui};
-use crate::{clean, exit, verify};
+use crate::{clean, exit, receipt, txn, verify};
 
 /// What the run did so far, for every report (success or failure).
 #[derive(Default)]
@@ -112,14 +112,14 @@ impl Ctx<'_> {
             self.doc.insert("stops".into(), json!(p.records));
         }
         if !self.ui.json {
-            eprintln!("error: {msg}");
+            crate::ui::errln!("error: {msg}");
             if let Some(p) = progress {
                 let killed = p.killed();
                 if !killed.is_empty() {
-                    eprintln!("Stopped before failure: {}", join(&killed));
+                    crate::ui::errln!("Stopped before failure: {}", join(&killed));
                 }
                 for r in &p.removed {
-                    eprintln!("Removed before failure: {}", r.display());
+                    crate::ui::errln!("Removed before failure: {}", r.display());
                 }
             }
         }
@@ -186,16 +186,6 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         install: Installation::default(),
     };
 
-    // Serialise real runs: two upgrades must never interleave.
-    let _run_lock = if s.dry_run {
-        None
-    } else {
-        match crate::lock::acquire(&s.paths.primary_runtime_dir(), s.paths.euid) {
-            Ok(l) => l,
-            Err(msg) => return cx.fail(exit::REFUSED, msg, None),
-        }
-    };
-
     // uv first: without it nothing may be stopped.
     let uv = match install::Uv::locate(s.uv.as_deref(), s.path_var.as_deref(), s.uv_timeout) {
         Ok(uv) => Some(uv),
@@ -211,30 +201,103 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     if let Some(uv) = &uv {
         match Installation::from_uv(uv) {
             Ok(i) => cx.install = i,
-            Err(e) => cx.warnings.push(format!(
+            Err(e) if s.dry_run => cx.warnings.push(format!(
                 "cannot ask uv for its tool directory ({e}); extras not detected"
             )),
+            Err(e) => {
+                let msg =
+                    format!("cannot ask uv for its tool directory ({e}); nothing was changed");
+                return cx.fail(exit::INSTALL_FAILED, msg, None);
+            }
         }
     }
+    let layout = match (cx.install.tool_dir(), &cx.install.bin_dir) {
+        (Some(t), Some(b)) if t.is_absolute() && b.is_absolute() => Some(txn::Layout {
+            tool_dir: t.to_path_buf(),
+            bin_dir: Some(b.clone()),
+        }),
+        _ if s.dry_run => None,
+        _ => {
+            let msg =
+                "uv did not name an absolute tool dir and bin dir; nothing was changed".to_string();
+            return cx.fail(exit::INSTALL_FAILED, msg, None);
+        }
+    };
+
+    // Serialise on uv's tool dir with uv's own lock: two upgrades, or an
+    // upgrade and a `uv tool install`, never interleave, whatever their
+    // runtime dirs.
+    let _tool_lock = match (&layout, s.dry_run) {
+        (Some(l), false) => match txn::lock_tool_dir(&l.tool_dir) {
+            Ok(lock) => Some(lock),
+            Err(msg) => return cx.fail(exit::REFUSED, msg, None),
+        },
+        _ => None,
+    };
+    // An earlier run that was killed mid-transaction is finished or undone first.
+    if let Some(l) = &layout {
+        if s.dry_run {
+            if let Some(p) = txn::pending(l) {
+                cx.warnings.push(p);
+            }
+        } else {
+            match txn::recover(l) {
+                Ok(Some(r)) => {
+                    cx.ui.event("recovered", json!({"outcome": r.key()}));
+                    cx.doc.insert("recovered".into(), json!(r.key()));
+                    cx.warnings.push(r.describe());
+                }
+                Ok(None) => {}
+                Err(e) => return cx.fail(exit::REFUSED, e, None),
+            }
+        }
+    }
+    // What the user installed and how: uv's receipt.
+    let old_receipt = match layout.as_ref().map(|l| l.env()).filter(|e| e.exists()) {
+        Some(env) => match receipt::read(&env) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let msg = format!("{e}; nothing was changed");
+                return cx.fail(exit::REFUSED, msg, None);
+            }
+        },
+        None => None,
+    };
     let (extras, extras_source) = match &s.extras {
         Some(e) => (e.clone(), "from --extras"),
         None => (
-            cx.install
-                .tool_dir()
-                .map(install::receipt_extras)
+            old_receipt
+                .as_ref()
+                .map(|r| r.main.extras.clone())
                 .unwrap_or_default(),
             "auto-detected from uv tool receipt",
         ),
     };
-
-    let inv = cx.inventory("initial");
-    let plan = plan::plan(
-        &inv,
+    if let Some(bad) = extras.iter().find(|e| !receipt::is_valid_name(e)) {
+        let msg = format!("extra {bad:?} is not a PEP 508 name");
+        return cx.fail(exit::USAGE, msg, None);
+    }
+    let unpinned = receipt::Requirement {
+        name: install::PACKAGE.into(),
+        extras: vec![],
+        specifier: String::new(),
+        marker: None,
+    };
+    let main_req = receipt::target_requirement(
+        old_receipt.as_ref().map_or(&unpinned, |r| &r.main),
         &extras,
         s.version.as_deref(),
-        !s.no_prepare,
-        s.skip_pkill,
     );
+    let argv = match receipt::install_args(old_receipt.as_ref(), &main_req) {
+        Ok(a) => a,
+        Err(e) => return cx.fail(exit::REFUSED, format!("{e}; nothing was changed"), None),
+    };
+    let installed_version = layout
+        .as_ref()
+        .and_then(|l| install::installed_version(&l.tool_dir));
+
+    let inv = cx.inventory("initial");
+    let plan = plan::plan(&inv, main_req.pep508(), argv.clone(), s.skip_pkill);
     render_plan(&mut cx, &plan, &extras, extras_source, s.extras.is_some());
 
     let problems = inv.all_problems();
@@ -306,85 +369,50 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         }
     }
     let uv = uv.expect("uv is located for real runs");
+    let layout = layout.expect("the layout is known for real runs");
     if let Some(code) = cx.interrupted_before_change() {
         return code;
     }
+    let spec = main_req.pep508();
 
-    // Prepare while the old servers still serve: a version that cannot be
-    // installed fails here, before anything is stopped.
-    let mut version = s.version.clone();
-    let mut prepared = false;
-    // The rollback copy is made while uv prepares: the two overlap.
-    let snapshot = match (cx.install.tool_dir(), s.no_rollback || s.skip_pkill) {
-        (Some(dir), false) => Some(crate::rollback::Pending::start(
-            dir.to_path_buf(),
-            cx.install.bin_dir.clone(),
-        )),
-        _ => None,
+    // Stage and prove while the old servers still serve: a release that
+    // cannot be installed or does not run fails here, and nothing is stopped.
+    let mut staged = match stage_and_prove(&mut cx, &uv, &layout, &argv, &spec) {
+        Ok(st) => st,
+        Err(code) => return code,
     };
-    if !s.no_prepare {
-        let spec = install::package_spec(&extras, version.as_deref());
-        cx.ui.say(format!(
-            "Preparing {spec} (the running servers keep serving)…"
-        ));
-        let env_python = cx
-            .install
-            .env_dir
-            .as_ref()
-            .map(|d| d.join("bin/python"))
-            .filter(|p| p.exists());
-        match install::prepare(&uv, &spec, env_python.as_deref()) {
-            Ok(p) => {
-                prepared = true;
-                if version.is_none() {
-                    version = p.version.clone();
-                }
-                cx.ui.event(
-                    "prepared",
-                    json!({"spec": spec, "version": p.version, "ms": p.elapsed.as_millis() as u64}),
-                );
-                cx.doc.insert(
-                    "prepared".into(),
-                    json!({"version": p.version, "ms": p.elapsed.as_millis() as u64}),
-                );
-            }
-            Err(e) => {
-                if let Some(err) = e.stderr() {
-                    cx.doc.insert("stderr".into(), json!(err));
-                    if !cx.ui.json {
-                        eprint!("{err}");
-                    }
-                }
-                let code = match e {
-                    UvError::Interrupted { .. } => exit::INTERRUPTED,
-                    _ => exit::INSTALL_FAILED,
-                };
-                let msg = format!("cannot prepare {spec}: {e}. Nothing was stopped; the installed memtomem is untouched.");
-                return cx.fail(code, msg, None);
-            }
+    let version = Some(staged.journal.version.clone());
+    let prev = installed_version.clone();
+    if let (Some(target), Some(installed)) = (s.version.as_deref(), prev.as_deref()) {
+        if let Err(msg) = schema_allows(&cx, &layout, &staged, installed, target) {
+            txn::discard(&layout.work(), &staged.journal);
+            return cx.fail(exit::REFUSED, msg, None);
         }
     }
-    let spec = install::package_spec(&extras, version.as_deref());
+    match txn::plan_links(&layout, old_receipt.as_ref(), &staged.receipt) {
+        Ok((before, after)) => {
+            staged.journal.old_links = before;
+            staged.journal.new_links = after;
+        }
+        Err(e) => {
+            txn::discard(&layout.work(), &staged.journal);
+            return cx.fail(exit::REFUSED, format!("{e}; nothing was changed"), None);
+        }
+    }
+    if let Err(e) = txn::journal::store(&layout.work(), &staged.journal) {
+        txn::discard(&layout.work(), &staged.journal);
+        let msg = format!("cannot write the journal: {e}; nothing was changed");
+        return cx.fail(exit::INSTALL_FAILED, msg, None);
+    }
     let cfg = StopConfig {
         grace: s.grace,
         kill_wait: Duration::from_secs(3),
     };
     let mut progress = Progress::default();
 
-    // The copy that lets a failed install be undone.
-    let backup = match snapshot.map(|p| p.finish()) {
-        Some(Ok(b)) => b,
-        Some(Err(e)) => {
-            cx.warnings.push(format!(
-                "no rollback copy of the installation could be made ({e})"
-            ));
-            None
-        }
-        None => None,
-    };
-
     // Last point at which an interrupt is honoured at once.
     if let Some(code) = cx.interrupted_before_change() {
+        txn::discard(&layout.work(), &staged.journal);
         return code;
     }
 
@@ -422,88 +450,83 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
                 cx.ui,
             );
             if !failed.is_empty() {
+                txn::discard(&layout.work(), &staged.journal);
                 return cx.fail(exit::PARTIAL, failed.join("; "), Some(&progress));
             }
             let boundary = cx.inventory("boundary");
             let problems = boundary.all_problems();
             if !problems.is_empty() {
+                txn::discard(&layout.work(), &staged.journal);
                 return cx.fail(exit::PARTIAL, refusal_text(&problems), Some(&progress));
             }
             targets = boundary.targets().cloned().collect();
             if round == 2 && !targets.is_empty() {
-                // A client respawning faster than we stop: install anyway and
+                // A client respawning faster than we stop: switch anyway and
                 // retire what is old afterwards.
                 cx.warnings.push(format!(
-                    "servers keep respawning (pids {}); they are retired after the install",
+                    "servers keep respawning (pids {}); they are retired after the switch",
                     join(&targets.iter().filter_map(|t| t.pid).collect::<Vec<_>>())
                 ));
             }
         }
         clean::stale_files(&inv.stale, &mut progress.removed, &mut cx.warnings, cx.ui);
     }
+    crate::sys::fault_point("stopped");
 
-    // The install itself.
-    let argv = install::install_args(&spec, prepared);
-    cx.ui.event("installing", json!({"argv": argv}));
-    let install_started = Instant::now();
-    // Never cut short: stopped servers and a half-written environment are
-    // worse than a finished install.
-    let uv_install = install::Uv {
-        interruptible: false,
-        ..uv.clone()
-    };
-    let mut result = uv_install.run("uv tool install", &argv, &[], s.uv_timeout);
-    // The offline install needs what the prepare put in the cache; should uv
-    // still find something missing, the network is the lesser evil now that
-    // the servers are down.
-    if prepared {
-        if let Err(UvError::Failed { stderr, .. }) = &result {
-            let lower = stderr.to_lowercase();
-            if lower.contains("offline") || lower.contains("network") {
-                let online = install::online_retry_args(&spec);
-                cx.warnings.push(format!(
-                    "the offline install missed the cache; retried online: uv {}",
-                    online.join(" ")
-                ));
-                cx.ui
-                    .event("installing", json!({"argv": online, "retry": true}));
-                result = uv_install.run("uv tool install", &online, &[], s.uv_timeout);
-            }
-        }
+    // The switch: under memtomem's lifecycle barrier, one exchange.
+    let switch_started = Instant::now();
+    let runtime_dirs: Vec<PathBuf> = s.paths.runtime_dirs().into_iter().map(|d| d.path).collect();
+    let barrier = txn::take_barrier(&runtime_dirs, Duration::from_secs(1));
+    for m in &barrier.missed {
+        cx.warnings.push(format!(
+            "{} could not be locked exclusively in time (a server restarted meanwhile); switched without the barrier",
+            m.display()
+        ));
     }
+    let work = layout.work();
+    let switched =
+        txn::switch(&work, &mut staged.journal).and_then(|()| txn::check_in_place(&staged.journal));
+    if let Err(e) = switched {
+        let tail = match txn::rollback(&work, &mut staged.journal) {
+            Ok(()) => {
+                cx.doc.insert("rolled_back".into(), json!(true));
+                cx.ui.event("rolled_back", json!({}));
+                " Rolled back: the previous installation is in place again.".to_string()
+            }
+            Err(r) => {
+                cx.doc.insert("rolled_back".into(), json!(false));
+                format!(" The rollback failed too ({r}); `mm-upgrade recover` finishes it.")
+            }
+        };
+        drop(barrier);
+        return cx.fail(exit::INSTALL_FAILED, format!("{e}.{tail}"), Some(&progress));
+    }
+    drop(barrier);
+    let switch_ms = switch_started.elapsed().as_secs_f64() * 1000.0;
+    crate::sys::fault_point("checked");
+    let removal = match txn::commit(&work, &mut staged.journal) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            cx.warnings.push(format!(
+                "{e}; the old environment is removed by the next run"
+            ));
+            None
+        }
+    };
     let installed_ticks = sys::boot_ticks_now();
     let window_ms = progress
         .first_signal
         .map(|t| t.elapsed().as_secs_f64() * 1000.0);
     cx.doc.insert(
-        "install_ms".into(),
-        json!((install_started.elapsed().as_secs_f64() * 1000.0).round()),
+        "switch_ms".into(),
+        json!((switch_ms * 100.0).round() / 100.0),
     );
     cx.doc
         .insert("downtime_ms".into(), json!(window_ms.map(|w| w.round())));
-    if let Err(e) = result {
-        if let Some(err) = e.stderr() {
-            cx.doc.insert("stderr".into(), json!(err));
-            if !cx.ui.json {
-                eprintln!("\nuv tool install failed:\n{err}");
-            }
-        }
-        let restored = backup.as_ref().map(|b| b.restore());
-        let tail = match restored {
-            Some(Ok(())) => {
-                cx.doc.insert("rolled_back".into(), json!(true));
-                cx.ui.event("rolled_back", json!({}));
-                " Rolled back: the previous installation is restored.".to_string()
-            }
-            Some(Err(r)) => {
-                cx.doc.insert("rolled_back".into(), json!(false));
-                format!(" Rollback failed too ({r}); reinstall memtomem by hand.")
-            }
-            None => String::new(),
-        };
-        return cx.fail(exit::INSTALL_FAILED, format!("{e}.{tail}"), Some(&progress));
-    }
-    let _discard = backup.map(|b| b.discard_in_background());
+    cx.ui.event(
+        "switched",
+        json!({"spec": spec, "version": version, "switch_ms": switch_ms, "downtime_ms": window_ms}),
+    );
     cx.ui
         .event("installed", json!({"spec": spec, "downtime_ms": window_ms}));
 
@@ -582,20 +605,9 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         return cx.fail(exit::VERIFY_FAILED, msg, Some(&progress));
     }
 
-    // Proof that the new entry point starts.
-    let mut verified = Value::Null;
-    if !s.no_verify {
-        if let Some(bin) = cx.install.bin_dir.clone() {
-            match verify::entry_point_starts(&bin, &s.paths.home) {
-                Ok(v) => verified = json!(v),
-                Err(msg) => {
-                    cx.doc.insert("reinstalled".into(), json!(spec));
-                    return cx.fail(exit::VERIFY_FAILED, msg, Some(&progress));
-                }
-            }
-        }
+    if let Some(h) = removal {
+        let _ = h.join();
     }
-
     let db_holder = s
         .paths
         .store_path()
@@ -628,11 +640,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     d.insert("version".into(), json!(version));
     d.insert("db_lock_warning".into(), json!(db_holder.is_some()));
     d.insert("cleanup_complete".into(), json!(true));
-    d.insert("prepared_install".into(), json!(prepared));
     d.insert("stops".into(), json!(progress.records));
-    if !verified.is_null() {
-        d.insert("verified".into(), verified);
-    }
     if s.skip_pkill {
         d.insert(
             "kept".into(),
@@ -650,7 +658,10 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     let window = window_ms
         .map(|w| format!(" (servers down for {w:.0} ms)"))
         .unwrap_or_default();
-    cx.ui.say(format!("Reinstalled {spec}{window}."));
+    let from = prev.map(|p| format!("{p} → ")).unwrap_or_default();
+    let to = version.as_deref().unwrap_or("?");
+    cx.ui
+        .say(format!("Installed memtomem {from}{to} ({spec}){window}."));
     cx.finish(exit::OK)
 }
 
@@ -738,13 +749,15 @@ fn render_plan(cx: &mut Ctx, plan: &Plan, extras: &[String], source: &str, expli
     } else if !explicit {
         lines.push("  Extras: none detected (bare install)".into());
     }
-    if plan.prepare {
-        lines.push(format!(
-            "  Prepare first: resolve and download {} while servers still run",
-            plan.spec
-        ));
-    }
-    lines.push(format!("  Reinstall: {}", plan.install_argv().join(" ")));
+    lines.push(format!(
+        "  Stage first, while the servers still run: {} (into {}), then prove it starts and answers MCP initialize",
+        plan.install_argv().join(" "),
+        cx.install
+            .tool_dir()
+            .map(|t| t.join(txn::WORK_DIR).display().to_string())
+            .unwrap_or_else(|| "uv's tool dir".into())
+    ));
+    lines.push("  Switch: exchange the old and the new environment in one atomic rename after the stop (rollback: the same exchange back)".into());
     lines.push(
         "  Recycle any server or Web UI process of the old generation present after reinstall"
             .into(),
@@ -767,5 +780,172 @@ fn fmt_secs(d: Duration) -> String {
         format!("{s:.0}")
     } else {
         format!("{s}")
+    }
+}
+
+/// Stage the new release beside the installed one and prove it: metadata,
+/// entry points and an MCP handshake from the staged copy, with the bytecode
+/// compiled meanwhile. Any failure discards the staging dir; nothing was
+/// stopped or changed.
+fn stage_and_prove(
+    cx: &mut Ctx,
+    uv: &install::Uv,
+    layout: &txn::Layout,
+    argv: &[String],
+    spec: &str,
+) -> Result<txn::Staged, u8> {
+    cx.ui.say(format!(
+        "Staging {spec} beside the current installation (the running servers keep serving)…"
+    ));
+    let mut staged = match txn::stage(layout, uv, argv) {
+        Ok(st) => st,
+        Err(e) => {
+            // Best effort: whatever uv left in the staging dir goes.
+            if let Ok(Some(j)) = txn::journal::load(&layout.work()) {
+                txn::discard(&layout.work(), &j);
+            }
+            if let txn::StageError::Uv(u) = &e {
+                if let Some(err) = u.stderr() {
+                    cx.doc.insert("stderr".into(), json!(err));
+                    cx.ui.warn(format!("uv said:\n{}", err.trim_end()));
+                }
+            }
+            let code = match e {
+                txn::StageError::Uv(UvError::Interrupted { .. }) => exit::INTERRUPTED,
+                _ => exit::INSTALL_FAILED,
+            };
+            let msg = format!("cannot install {spec}: {e}. Nothing was stopped; the installed memtomem is untouched.");
+            return Err(cx.fail(code, msg, None));
+        }
+    };
+    let version = staged.journal.version.clone();
+    cx.ui.event(
+        "staged",
+        json!({"spec": spec, "version": version, "ms": staged.elapsed.as_millis() as u64}),
+    );
+    cx.doc.insert(
+        "staged".into(),
+        json!({"version": version, "ms": staged.elapsed.as_millis() as u64}),
+    );
+    let timeout = cx.s.uv_timeout;
+    let env = staged.journal.stage_env.clone();
+    let real = staged.journal.env.clone();
+    // Bytecode for the real path, overlapping the proof.
+    let compile = (!staged.compiled_by_uv).then(|| {
+        let (env, real) = (env.clone(), real.clone());
+        std::thread::spawn(move || txn::prove::compile_bytecode(&env, &real, timeout))
+    });
+    let proof = prove_staged(&env, &version, !cx.s.no_verify, timeout);
+    let compiled = compile.map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())));
+    let fail = |cx: &mut Ctx, staged: &txn::Staged, msg: String| {
+        txn::discard(&layout.work(), &staged.journal);
+        let code = if crate::interrupt::requested().is_some() {
+            exit::INTERRUPTED
+        } else {
+            exit::INSTALL_FAILED
+        };
+        cx.fail(code, msg, None)
+    };
+    let proof = match proof {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("the staged memtomem {version} failed its proof: {e}. Nothing was stopped; the installed memtomem is untouched.");
+            return Err(fail(cx, &staged, msg));
+        }
+    };
+    if let Some(Err(e)) = compiled {
+        cx.warnings.push(format!(
+            "bytecode was not compiled ({e}); the first start compiles it"
+        ));
+    }
+    cx.ui.event("proven", proof.clone());
+    cx.doc.insert("proof".into(), proof);
+    match txn::relocate::relocate(
+        &env,
+        &real,
+        &staged.bin,
+        layout.bin_dir.as_deref().unwrap_or(Path::new("/")),
+    ) {
+        Ok(files) => {
+            cx.ui.event("relocated", json!({"files": files.len()}));
+        }
+        Err(e) => {
+            let msg = format!("cannot relocate the staged environment: {e}. Nothing was stopped.");
+            return Err(fail(cx, &staged, msg));
+        }
+    }
+    crate::sys::fault_point("relocated");
+    staged.receipt = match receipt::read(&env) {
+        Ok(r) => r,
+        Err(e) => return Err(fail(cx, &staged, e)),
+    };
+    Ok(staged)
+}
+
+/// The proof of a staged environment, as a JSON record for the report.
+fn prove_staged(
+    env: &Path,
+    version: &str,
+    handshake: bool,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let meta = txn::prove::metadata(env, false, timeout)?;
+    if let Some(e) = &meta.error {
+        return Err(format!("its metadata cannot be read: {e}"));
+    }
+    if meta.version.as_deref() != Some(version) {
+        return Err(format!(
+            "its interpreter reports memtomem {} instead of {version}",
+            meta.version.as_deref().unwrap_or("(none)")
+        ));
+    }
+    if !meta.missing.is_empty() {
+        return Err(format!(
+            "entry points do not resolve: {}",
+            meta.missing.join(", ")
+        ));
+    }
+    if !handshake {
+        return Ok(json!({"version": version, "initialize": null}));
+    }
+    let hs = txn::prove::mcp_initialize(env, timeout.min(Duration::from_secs(120)))?;
+    if hs.version != version {
+        return Err(format!(
+            "its server answers initialize with version {} instead of {version}",
+            hs.version
+        ));
+    }
+    Ok(
+        json!({"version": version, "initialize": {"name": hs.name, "version": hs.version, "ms": hs.ms}}),
+    )
+}
+
+/// A downgrade the store cannot survive is refused: memtomem refuses to open
+/// a store stamped with a newer schema than it knows.
+fn schema_allows(
+    cx: &Ctx,
+    layout: &txn::Layout,
+    staged: &txn::Staged,
+    installed: &str,
+    target: &str,
+) -> Result<(), String> {
+    if crate::version::compare(target, installed) != Some(std::cmp::Ordering::Less) {
+        return Ok(());
+    }
+    let Some(db) = cx.s.paths.store_path() else {
+        return Ok(());
+    };
+    let timeout = Duration::from_secs(30);
+    let Some(store) = txn::prove::store_schema(&layout.env().join("bin/python"), &db, timeout)
+    else {
+        return Ok(());
+    };
+    let meta = txn::prove::metadata(&staged.journal.stage_env, true, timeout)?;
+    match meta.schema {
+        Some(supported) if store > supported => Err(format!(
+            "refusing to downgrade memtomem {installed} to {target}: the store {} has schema version {store}, and {target} supports only up to {supported}; nothing was changed",
+            db.display()
+        )),
+        _ => Ok(()),
     }
 }

@@ -131,6 +131,15 @@ pub fn run(common: &Common) -> u8 {
             Installation::default()
         }
     };
+    if let Some(tool_dir) = install.tool_dir().filter(|t| t.is_absolute()) {
+        let layout = crate::txn::Layout {
+            tool_dir: tool_dir.to_path_buf(),
+            bin_dir: install.bin_dir.clone(),
+        };
+        if let Some(p) = crate::txn::pending(&layout) {
+            warnings.push(p);
+        }
+    }
     let protected = sys::self_and_ancestors();
     let inv = discover::discover(&Scope {
         env: &env,

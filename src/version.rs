@@ -12,6 +12,29 @@ pub fn validate(s: &str) -> Result<String, String> {
     }
 }
 
+/// Order two releases by their numeric release segments (`0.6.9` < `0.6.12`;
+/// `1.0` == `1.0.0`); pre/post/dev tags break no tie. `None` if either has no
+/// numeric release.
+pub fn compare(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let nums = |s: &str| -> Option<Vec<u64>> {
+        let release: String = s
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let v: Vec<u64> = release
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse().ok())
+            .collect::<Option<_>>()?;
+        (!v.is_empty()).then_some(v)
+    };
+    let (mut x, mut y) = (nums(a)?, nums(b)?);
+    let n = x.len().max(y.len());
+    x.resize(n, 0);
+    y.resize(n, 0);
+    Some(x.cmp(&y))
+}
+
 fn is_bare_release(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
     let (public, local) = match lower.split_once('+') {
@@ -68,6 +91,15 @@ fn is_bare_release(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn releases_order_numerically() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare("0.6.9", "0.6.12"), Some(Less));
+        assert_eq!(compare("1.0", "1.0.0"), Some(Equal));
+        assert_eq!(compare("0.7.0rc1", "0.6.12"), Some(Greater));
+        assert_eq!(compare("x", "1"), None);
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -27,7 +27,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,8 +35,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use serial_test::serial;
 
+#[path = "common/scratch.rs"]
+mod scratch;
 #[path = "common/testenv.rs"]
 mod testenv;
+use scratch::Scratch;
 
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 const OLD: &str = "0.6.11";
@@ -45,231 +48,15 @@ const NEW: &str = "0.6.12";
 // ---------------------------------------------------------------------------
 // The cached test environment (uv, warm cache, Python 3.12)
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// A memtomem-server launched the way an MCP client launches it: stdin a
+/// pipe we keep open, its own process group.
+fn spawn_server(sc: &Scratch, tag: &str) -> Group {
+    let mut c = Command::new(sc.server_bin());
+    sc.env(&mut c);
+    Group::spawn(c, sc.path(&format!("{tag}.stderr")))
 }
 
-use testenv::{parse_exports, setup};
-
-// ---------------------------------------------------------------------------
-// A scratch installation
-
-struct Scratch {
-    dir: tempfile::TempDir,
-    home: PathBuf,
-    tools: PathBuf,
-    bin: PathBuf,
-}
-
-impl Scratch {
-    /// Scratch HOME and tool dirs with memtomem==`version` installed by real uv.
-    fn with(version: &str) -> Scratch {
-        setup();
-        let dir = tempfile::Builder::new()
-            .prefix("mm-real-")
-            .tempdir()
-            .unwrap();
-        let sc = Scratch {
-            home: dir.path().join("home"),
-            tools: dir.path().join("tools"),
-            bin: dir.path().join("bin"),
-            dir,
-        };
-        fs::create_dir_all(&sc.home).unwrap();
-        sc.install(version, &[]);
-        sc
-    }
-
-    /// `scripts/install-memtomem.sh` (offline from the warm cache).
-    fn install(&self, version: &str, extra: &[&str]) -> String {
-        let mut c = Command::new("bash");
-        c.arg(repo().join("scripts/install-memtomem.sh"))
-            .arg(&self.tools)
-            .arg(&self.bin)
-            .arg(version)
-            .args(extra);
-        self.env(&mut c);
-        let out = c.stdin(Stdio::null()).output().unwrap();
-        assert!(
-            out.status.success(),
-            "installing memtomem=={version} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn env_dir(&self) -> PathBuf {
-        self.tools.join("memtomem")
-    }
-
-    fn server_bin(&self) -> PathBuf {
-        self.bin.join("memtomem-server")
-    }
-
-    /// Versions of the memtomem dist-info dirs in the scratch tool env.
-    fn installed_versions(&self) -> Vec<String> {
-        let sp = self.env_dir().join("lib/python3.12/site-packages");
-        let mut v: Vec<String> = fs::read_dir(&sp)
-            .map(|r| {
-                r.flatten()
-                    .filter_map(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        n.strip_prefix("memtomem-")?
-                            .strip_suffix(".dist-info")
-                            .map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    fn receipt(&self) -> Vec<u8> {
-        fs::read(self.env_dir().join("uv-receipt.toml")).unwrap_or_default()
-    }
-
-    /// Wall-clock seconds of the last install (uv writes the receipt last).
-    fn installed_at(&self) -> f64 {
-        let m = fs::metadata(self.env_dir().join("uv-receipt.toml"))
-            .unwrap()
-            .modified()
-            .unwrap();
-        m.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
-    }
-
-    /// A confined environment: the setup's uv variables, scratch HOME and
-    /// tool dirs, the setup's uv first on PATH, nothing that moves memtomem's
-    /// runtime dir or store.
-    fn env(&self, c: &mut Command) {
-        for (k, v) in setup() {
-            c.env(k, v);
-        }
-        let uv_dir = testenv::uv().parent().unwrap().to_path_buf();
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut paths = vec![uv_dir];
-        paths.extend(std::env::split_paths(&path));
-        c.env("PATH", std::env::join_paths(paths).unwrap())
-            .env("HOME", &self.home)
-            .env("UV_TOOL_DIR", &self.tools)
-            .env("UV_TOOL_BIN_DIR", &self.bin);
-        for k in [
-            "XDG_RUNTIME_DIR",
-            "XDG_CONFIG_HOME",
-            "XDG_DATA_HOME",
-            "TMPDIR",
-            "MEMTOMEM_STORAGE__SQLITE_PATH",
-            "_MEMTOMEM_TEST_RUNTIME_DIR",
-            "PYTEST_CURRENT_TEST",
-            "MM_UPGRADE_RUNTIME_DIR",
-            "MM_UPGRADE_HOME",
-            "MM_UPGRADE_UV",
-            "VIRTUAL_ENV",
-        ] {
-            c.env_remove(k);
-        }
-    }
-
-    /// `mm-upgrade ARGS` against the real runtime dir, with the setup's uv.
-    fn upgrade(&self, args: &[&str]) -> Run {
-        self.upgrade_with_uv(args, &testenv::uv())
-    }
-
-    fn upgrade_with_uv(&self, args: &[&str], uv: &Path) -> Run {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mm-upgrade"));
-        self.env(&mut c);
-        c.env("MM_UPGRADE_UV", uv).args(args);
-        Run::of(c, args)
-    }
-
-    /// `memtomem-server --help` from the scratch bin dir.
-    fn server_help(&self) -> Output {
-        let mut c = Command::new(self.server_bin());
-        self.env(&mut c);
-        c.arg("--help").stdin(Stdio::null()).output().unwrap()
-    }
-
-    /// A memtomem-server launched the way an MCP client launches it: stdin
-    /// a pipe we keep open, its own process group.
-    fn spawn_server(&self, tag: &str) -> Group {
-        let mut c = Command::new(self.server_bin());
-        self.env(&mut c);
-        Group::spawn(c, self.path(&format!("{tag}.stderr")))
-    }
-}
-
-/// One finished mm-upgrade run.
-struct Run {
-    args: String,
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn of(mut c: Command, args: &[&str]) -> Run {
-        c.stdin(Stdio::null());
-        let out = run_with_timeout(c, Duration::from_secs(300));
-        Run {
-            args: args.join(" "),
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn json(&self) -> Value {
-        let lines: Vec<&str> = self.stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "stdout must be one JSON document: {self}");
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("bad JSON ({e}): {self}"))
-    }
-
-    fn expect(&self, code: i32) -> &Run {
-        assert_eq!(self.code, code, "unexpected exit code: {self}");
-        self
-    }
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "mm-upgrade {} → exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.args, self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// `Command::output` with a deadline (the child is killed past it).
-fn run_with_timeout(mut c: Command, limit: Duration) -> Output {
-    let child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let done = Arc::new(AtomicBool::new(false));
-    let d2 = done.clone();
-    let watchdog = std::thread::spawn(move || {
-        let start = Instant::now();
-        while !d2.load(Ordering::SeqCst) {
-            if start.elapsed() > limit {
-                // SAFETY: our own child, not yet reaped (done is unset).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    done.store(true, Ordering::SeqCst);
-    watchdog.join().unwrap();
-    out
-}
+use testenv::parse_exports;
 
 // ---------------------------------------------------------------------------
 // Processes: a process group we own
@@ -716,7 +503,7 @@ fn assert_still_old(sc: &Scratch) {
 fn one_server_is_stopped_and_0_6_12_installed_json() {
     let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = sc.spawn_server("server");
+    let mut server = spawn_server(&sc, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
 
     let run = sc.upgrade(&["-y", "--json", "--version", NEW]);
@@ -747,7 +534,7 @@ fn one_server_is_stopped_and_0_6_12_installed_json() {
 fn one_server_is_stopped_and_0_6_12_installed_human() {
     let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = sc.spawn_server("server");
+    let mut server = spawn_server(&sc, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
 
     let run = sc.upgrade(&["-y", "--version", NEW]);
@@ -818,7 +605,7 @@ fn respawned_servers_end_up_running_the_new_code() {
 fn dry_run_changes_nothing() {
     let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = sc.spawn_server("server");
+    let mut server = spawn_server(&sc, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
     let bytes = fs::read(&pid_file).unwrap();
     let receipt = sc.receipt();
@@ -845,7 +632,7 @@ fn dry_run_changes_nothing() {
 fn impossible_version_fails_before_stopping_anything() {
     let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = sc.spawn_server("server");
+    let mut server = spawn_server(&sc, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
     let bytes = fs::read(&pid_file).unwrap();
 
@@ -870,7 +657,7 @@ fn impossible_version_fails_before_stopping_anything() {
 fn stopped_server_is_continued_and_exits_on_sigterm() {
     let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = sc.spawn_server("server");
+    let mut server = spawn_server(&sc, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
     signal(pid, libc::SIGSTOP);
     assert!(wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')));
@@ -937,7 +724,7 @@ fn server_with_a_non_reaping_parent_is_not_waited_on() {
 fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
     let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut old = sc.spawn_server("old");
+    let mut old = spawn_server(&sc, "old");
     let (pid, _) = old.wait_ready(&rt.dir);
 
     // What users do without mm-upgrade: uv directly, servers left running.
@@ -957,7 +744,7 @@ fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
 
     signal(pid, libc::SIGTERM);
     assert!(old.wait_exit(Duration::from_secs(10)).is_some());
-    let mut fresh = sc.spawn_server("fresh");
+    let mut fresh = spawn_server(&sc, "fresh");
     let (pid2, _) = fresh.wait_ready(&rt.dir);
     let run = sc.upgrade(&["status", "--json"]);
     let doc = run.expect(0).json();
@@ -977,7 +764,7 @@ fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
 fn failed_install_rolls_back_to_a_working_0_6_11() {
     let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = sc.spawn_server("server");
+    let mut server = spawn_server(&sc, "server");
     let (pid, _) = server.wait_ready(&rt.dir);
 
     // A stand-in uv: the real one for everything except the final install
