@@ -592,3 +592,140 @@ fn memtomem_mm_upgrade_escalates_to_sigkill_for_a_fake_ignoring_sigterm() {
     // SIGKILL leaves the pid file stale; memtomem removed it under its lock.
     assert!(!pid_file.exists(), "{run:?}");
 }
+
+// ---------------------------------------------------------------------------
+// fake-uv's installation against real uv's
+
+/// Every path under `dir` (relative, sorted); symlinks are not followed.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let is_dir = fs::symlink_metadata(&p).unwrap().is_dir();
+            out.push(rel.clone());
+            if is_dir {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn cfg_keys(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+#[test]
+fn fake_uv_lays_out_an_installation_shaped_like_real_uvs() {
+    let real = Real::get();
+    let real_env = real.tools.join("memtomem");
+    let real_receipt: toml::Table =
+        toml::from_str(&fs::read_to_string(real_env.join("uv-receipt.toml")).unwrap()).unwrap();
+    let sb = Sandbox::new();
+    let (tools, bin) = (sb.path("tools"), sb.path("bin"));
+    let mut args = vec!["tool", "install"];
+    // Real uv recorded the interpreter it was told to use (UV_PYTHON): pass the same.
+    let python = real_receipt["tool"].get("python").and_then(|p| p.as_str());
+    if let Some(p) = python {
+        args.extend(["--python", p]);
+    }
+    let spec = format!("memtomem=={VERSION}");
+    args.push(&spec);
+    let out = Command::new(env!("CARGO_BIN_EXE_fake-uv"))
+        .args(&args)
+        .env("UV_TOOL_DIR", &tools)
+        .env("UV_TOOL_BIN_DIR", &bin)
+        .env("FAKE_UV_TOOL_DIR", &tools)
+        .env("FAKE_UV_SERVER_BIN", BIN)
+        .env("HOME", &sb.home)
+        .env_remove("FAKE_UV_BEHAVIOR")
+        .env_remove("FAKE_UV_MANAGED_PIDS")
+        .env_remove("FAKE_UV_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let env = tools.join("memtomem");
+    let receipt: toml::Table =
+        toml::from_str(&fs::read_to_string(env.join("uv-receipt.toml")).unwrap()).unwrap();
+
+    // The receipt: the same tables and keys, requirements and python; entry points with
+    // the same names and origin, each installed in its own bin dir.
+    let (rt, ft) = (&real_receipt["tool"], &receipt["tool"]);
+    let keys = |t: &toml::Value| -> Vec<String> { t.as_table().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(ft), keys(rt));
+    assert_eq!(ft["requirements"], rt["requirements"]);
+    assert_eq!(ft.get("python"), rt.get("python"));
+    let entries = |t: &toml::Value, bin: Option<&Path>| -> Vec<(String, String, String)> {
+        let list = t["entrypoints"].as_array().unwrap();
+        let bin = bin.map(Path::to_path_buf).unwrap_or_else(|| {
+            let first = Path::new(list[0]["install-path"].as_str().unwrap());
+            first.parent().unwrap().to_path_buf()
+        });
+        list.iter()
+            .map(|e| {
+                assert_eq!(keys(e), ["from", "install-path", "name"], "{e}");
+                let path = Path::new(e["install-path"].as_str().unwrap());
+                assert_eq!(path.parent(), Some(bin.as_path()), "{e}");
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    path.file_name().unwrap().to_string_lossy().into_owned(),
+                    e["from"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(entries(ft, Some(&bin)), entries(rt, None));
+
+    // The environment: everything fake-uv writes is where real uv puts it.
+    let real_tree = tree(&real_env);
+    for p in tree(&env) {
+        assert!(
+            real_tree.contains(&p),
+            "fake-uv wrote {p}, which real uv does not"
+        );
+    }
+    for p in [
+        "bin/python",
+        "bin/python3",
+        "bin/python3.12",
+        "lib64",
+        "pyvenv.cfg",
+    ] {
+        assert!(env.join(p).exists() && real_env.join(p).exists(), "{p}");
+    }
+    assert_eq!(
+        cfg_keys(&env.join("pyvenv.cfg")),
+        cfg_keys(&real_env.join("pyvenv.cfg"))
+    );
+    assert_eq!(
+        fs::read_to_string(env.join(".gitignore")).unwrap(),
+        fs::read_to_string(real_env.join(".gitignore")).unwrap()
+    );
+    // Console scripts name their environment's python: real uv in the shebang, fake-uv in
+    // a comment on the second line.
+    for n in ["memtomem", "memtomem-server", "memtomem-web", "mm"] {
+        let real_script = fs::read_to_string(real_env.join("bin").join(n)).unwrap();
+        assert_eq!(
+            real_script.lines().next(),
+            Some(format!("#!{}", real_env.join("bin/python").display()).as_str())
+        );
+        let fake_script = fs::read_to_string(env.join("bin").join(n)).unwrap();
+        assert_eq!(
+            fake_script.lines().nth(1),
+            Some(format!("# python: {}", env.join("bin/python").display()).as_str())
+        );
+        assert_eq!(
+            fs::read_link(bin.join(n)).unwrap(),
+            env.join("bin").join(n),
+            "{n}"
+        );
+    }
+}

@@ -1,0 +1,541 @@
+//! `fake-uv`: the calls the upgrader makes (stage, install, prepare) and the tool
+//! environments they leave behind, checked file by file.
+
+mod common;
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const UV: &str = env!("CARGO_BIN_EXE_fake-uv");
+const ENTRY_POINTS: [&str; 4] = ["memtomem", "memtomem-server", "memtomem-web", "mm"];
+
+/// A sandbox with a real tool dir (`tools`), its bin dir (`bin`) and a call log.
+struct UvBox {
+    dir: tempfile::TempDir,
+    tools: PathBuf,
+    bin: PathBuf,
+    log: PathBuf,
+}
+
+impl UvBox {
+    fn new() -> UvBox {
+        let dir = tempfile::tempdir().unwrap();
+        let tools = dir.path().join("tools");
+        let bin = dir.path().join("bin");
+        fs::create_dir_all(&tools).unwrap();
+        fs::create_dir_all(dir.path().join("home")).unwrap();
+        let log = dir.path().join("uv.jsonl");
+        UvBox {
+            dir,
+            tools,
+            bin,
+            log,
+        }
+    }
+
+    /// The staging tool dir the upgrader uses: inside the real one.
+    fn stage(&self, name: &str) -> PathBuf {
+        self.tools.join(".mm-upgrade").join(name)
+    }
+
+    /// `fake-uv ARGS` with a clean environment: the sandbox's FAKE_UV_* and `env`.
+    fn command(&self, env: &[(&str, &Path)], args: &[&str]) -> Command {
+        let mut c = Command::new(UV);
+        c.args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.dir.path().join("home"))
+            .env("FAKE_UV_TOOL_DIR", &self.tools)
+            .env("FAKE_UV_LOG", &self.log)
+            .env("FAKE_UV_SERVER_BIN", BIN)
+            .stdin(Stdio::null())
+            .process_group(0);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// A stage call into `stage(name)` (bin dir `<stage>/.bin`), FAKE_UV_BEHAVIOR `behavior`.
+    fn stage_call(&self, name: &str, behavior: &str, args: &[&str]) -> (Output, PathBuf) {
+        let stage = self.stage(name);
+        let bin = stage.join(".bin");
+        let mut c = self.command(
+            &[("UV_TOOL_DIR", &stage), ("UV_TOOL_BIN_DIR", &bin)],
+            &[&["tool", "install"], args].concat(),
+        );
+        c.env("FAKE_UV_BEHAVIOR", behavior);
+        (c.output().unwrap(), stage)
+    }
+
+    fn install_call(&self, extra_env: &[(&str, &Path)], args: &[&str]) -> Output {
+        let mut env = vec![
+            ("UV_TOOL_DIR", self.tools.as_path()),
+            ("UV_TOOL_BIN_DIR", self.bin.as_path()),
+        ];
+        env.extend_from_slice(extra_env);
+        self.command(&env, &[&["tool", "install"], args].concat())
+            .output()
+            .unwrap()
+    }
+
+    fn last_call(&self) -> Value {
+        let text = fs::read_to_string(&self.log).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    }
+
+    /// A file of pids for FAKE_UV_MANAGED_PIDS.
+    fn managed(&self, pids: &[u32]) -> PathBuf {
+        let p = self.dir.path().join("managed");
+        fs::write(
+            &p,
+            pids.iter().map(|p| format!("{p}\n")).collect::<String>(),
+        )
+        .unwrap();
+        p
+    }
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "fake-uv: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn receipt(env: &Path) -> toml::Table {
+    let text = fs::read_to_string(env.join("uv-receipt.toml")).unwrap();
+    toml::from_str(&text).unwrap_or_else(|e| panic!("receipt is TOML: {e}\n{text}"))
+}
+
+/// The receipt uv writes for these requirements, python, bin dir and options.
+fn expected_receipt(
+    requirements: &str,
+    python: Option<&str>,
+    bin: &Path,
+    compile: bool,
+) -> toml::Table {
+    let mut text = format!("[tool]\nrequirements = {requirements}\n");
+    if let Some(p) = python {
+        text.push_str(&format!("python = {p:?}\n"));
+    }
+    text.push_str("entrypoints = [\n");
+    for n in ENTRY_POINTS {
+        text.push_str(&format!(
+            "  {{ name = {n:?}, install-path = {:?}, from = \"memtomem\" }},\n",
+            bin.join(n).display().to_string()
+        ));
+    }
+    text.push_str("]\n");
+    if compile {
+        text.push_str("[tool.options]\ncompile-bytecode = true\n");
+    }
+    toml::from_str(&text).unwrap()
+}
+
+fn run(path: &Path, args: &[&str]) -> Output {
+    Command::new(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()))
+}
+
+fn installed_version(env: &Path) -> Vec<String> {
+    list(&env.join("lib/python3.12/site-packages"))
+        .into_iter()
+        .filter_map(|n| {
+            n.strip_prefix("memtomem-")
+                .and_then(|v| v.strip_suffix(".dist-info"))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The stand-in interpreter's answer to the upgrader's metadata probe.
+fn probe(env: &Path) -> Output {
+    run(
+        &env.join("bin/python"),
+        &["-I", "-c", "import json, memtomem; print(...)"],
+    )
+}
+
+/// Every file of an installation: receipt, venv files, dist-info, package, the python
+/// stand-in and its links, the entry scripts (second line names `env`'s python), and the
+/// bin dir's links to them.
+fn assert_layout(env: &Path, bin: &Path, version: &str) {
+    for f in [
+        "uv-receipt.toml",
+        "pyvenv.cfg",
+        ".gitignore",
+        "CACHEDIR.TAG",
+    ] {
+        assert!(env.join(f).is_file(), "{f}");
+    }
+    assert_eq!(fs::read_link(env.join("lib64")).unwrap(), Path::new("lib"));
+    let cfg = fs::read_to_string(env.join("pyvenv.cfg")).unwrap();
+    assert!(
+        cfg.contains("include-system-site-packages = false"),
+        "{cfg}"
+    );
+    assert_eq!(installed_version(env), [version]);
+    let site = env.join("lib/python3.12/site-packages");
+    let meta =
+        fs::read_to_string(site.join(format!("memtomem-{version}.dist-info/METADATA"))).unwrap();
+    assert!(
+        meta.lines().any(|l| l == "Name: memtomem")
+            && meta.lines().any(|l| l == format!("Version: {version}")),
+        "{meta}"
+    );
+    assert!(site.join("memtomem/__init__.py").is_file());
+    for alias in ["python3", "python3.12"] {
+        assert_eq!(
+            fs::read_link(env.join("bin").join(alias)).unwrap(),
+            Path::new("python")
+        );
+    }
+    let python = env.join("bin/python");
+    assert_eq!(mode_bits(&python) & 0o111, 0o111);
+    for n in ENTRY_POINTS {
+        let script = env.join("bin").join(n);
+        assert_eq!(mode_bits(&script) & 0o111, 0o111, "{n}");
+        let text = fs::read_to_string(&script).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "#!/bin/sh", "{n}");
+        assert_eq!(lines[1], format!("# python: {}", python.display()), "{n}");
+        assert_eq!(fs::read_link(bin.join(n)).unwrap(), script, "{n}");
+    }
+}
+
+#[test]
+fn a_stage_call_lays_out_a_real_looking_environment_while_managed_servers_run() {
+    let b = UvBox::new();
+    // This test process stands for an old server that is still running.
+    let managed = b.managed(&[std::process::id()]);
+    let stage = b.stage("s1");
+    let bin = stage.join(".bin");
+    let mut c = b.command(
+        &[
+            ("UV_TOOL_DIR", &stage),
+            ("UV_TOOL_BIN_DIR", &bin),
+            ("FAKE_UV_MANAGED_PIDS", &managed),
+        ],
+        &[
+            "tool",
+            "install",
+            "--refresh-package",
+            "memtomem",
+            "--python",
+            "/usr/bin/python3.12",
+            "--compile-bytecode",
+            "--index",
+            "https://example.invalid/simple",
+            "memtomem[a,b]==0.6.13",
+            "--with",
+            "httpx",
+            "--with",
+            "anyio>=4",
+        ],
+    );
+    let out = c.output().unwrap();
+    ok(&out);
+    let call = b.last_call();
+    assert_eq!(call["kind"], "stage");
+    assert_eq!(call["exit_code"], 0);
+    assert_eq!(
+        call["managed_alive"],
+        serde_json::json!([std::process::id()])
+    );
+    assert_eq!(call["installed"]["version"], "0.6.13");
+
+    let env = stage.join("memtomem");
+    assert_layout(&env, &bin, "0.6.13");
+    assert_eq!(
+        receipt(&env),
+        expected_receipt(
+            r#"[{ name = "memtomem", extras = ["a", "b"], specifier = "==0.6.13" }, { name = "httpx" }, { name = "anyio", specifier = ">=4" }]"#,
+            Some("/usr/bin/python3.12"),
+            &bin,
+            true
+        )
+    );
+    // uv's own layout: inline tables, one requirement per line.
+    let text = fs::read_to_string(env.join("uv-receipt.toml")).unwrap();
+    assert!(
+        text.contains(
+            "\n    { name = \"memtomem\", extras = [\"a\", \"b\"], specifier = \"==0.6.13\" },\n"
+        ),
+        "{text}"
+    );
+    assert!(fs::read_to_string(env.join("pyvenv.cfg"))
+        .unwrap()
+        .starts_with("home = /usr/bin\n"));
+
+    // The metadata probe's contract: one JSON line, exit 0, whatever the arguments.
+    let p = probe(&env);
+    assert_eq!(p.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(p.stdout).unwrap(),
+        "{\"version\": \"0.6.13\", \"missing\": [], \"schema\": null}\n"
+    );
+    let p3 = run(&env.join("bin/python3"), &[]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&p3.stdout).unwrap()["version"],
+        "0.6.13"
+    );
+
+    for n in ["memtomem", "memtomem-web", "mm"] {
+        assert_eq!(run(&bin.join(n), &["--help"]).status.code(), Some(0), "{n}");
+    }
+    // The real tool dir's own installation is not touched.
+    assert!(!b.tools.join("memtomem").exists());
+
+    // The staged memtomem-server is the fake server, reporting the staged version.
+    let sb = Sandbox::new();
+    let mut c = Command::new(bin.join("memtomem-server"));
+    c.args(["--runtime-dir", sb.rt.to_str().unwrap()])
+        .env("HOME", &sb.home)
+        .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(sb.path("s.stderr")).unwrap())
+        .process_group(0);
+    let mut p = Proc::start(
+        c,
+        sb.path("s.ready"),
+        sb.path("s.events"),
+        sb.path("s.stderr"),
+    );
+    let mcp = Mcp::new(p.child.stdout.take().unwrap());
+    let v = mcp.request(&mut p, &initialize(1, "2025-06-18"));
+    assert_eq!(v["result"]["serverInfo"]["version"], "0.6.13", "{v}");
+    p.close_stdin();
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).unwrap().code(), Some(0));
+}
+
+#[test]
+fn unpinned_specs_resolve_to_the_latest_and_the_receipt_keeps_what_was_asked() {
+    let b = UvBox::new();
+    let stage = b.stage("range");
+    let bin = stage.join(".bin");
+    let mut c = b.command(
+        &[("UV_TOOL_DIR", &stage), ("UV_TOOL_BIN_DIR", &bin)],
+        // The SPEC before the options this time.
+        &[
+            "tool",
+            "install",
+            "memtomem[a]>=0.6,<0.7",
+            "--refresh-package",
+            "memtomem",
+        ],
+    );
+    c.env("FAKE_UV_LATEST", "0.6.99");
+    ok(&c.output().unwrap());
+    let env = stage.join("memtomem");
+    assert_layout(&env, &bin, "0.6.99");
+    assert_eq!(
+        receipt(&env),
+        expected_receipt(
+            r#"[{ name = "memtomem", extras = ["a"], specifier = ">=0.6,<0.7" }]"#,
+            None,
+            &bin,
+            false
+        )
+    );
+    let text = fs::read_to_string(env.join("uv-receipt.toml")).unwrap();
+    assert!(
+        !text.contains("[tool.options]") && !text.contains("python ="),
+        "{text}"
+    );
+
+    // A bare `memtomem`, and no UV_TOOL_BIN_DIR: the bin dir is `<stage>/.bin`.
+    let stage = b.stage("bare");
+    let mut c = b.command(&[("UV_TOOL_DIR", &stage)], &["tool", "install", "memtomem"]);
+    c.env("FAKE_UV_LATEST", "0.8.0");
+    ok(&c.output().unwrap());
+    let env = stage.join("memtomem");
+    assert_layout(&env, &stage.join(".bin"), "0.8.0");
+    assert_eq!(
+        receipt(&env),
+        expected_receipt(
+            r#"[{ name = "memtomem" }]"#,
+            None,
+            &stage.join(".bin"),
+            false
+        )
+    );
+    assert!(String::from_utf8(probe(&env).stdout)
+        .unwrap()
+        .contains("\"version\": \"0.8.0\""));
+}
+
+#[test]
+fn an_install_call_is_refused_while_a_managed_server_lives_and_lays_out_the_same_shape() {
+    let b = UvBox::new();
+    let alive = b.managed(&[std::process::id()]);
+    let out = b.install_call(
+        &[("FAKE_UV_MANAGED_PIDS", &alive)],
+        &["--reinstall", "memtomem==0.6.12"],
+    );
+    assert_eq!(out.status.code(), Some(97));
+    assert_eq!(b.last_call()["kind"], "install");
+    assert!(!b.tools.join("memtomem").exists());
+
+    let none = b.managed(&[]);
+    let out = b.install_call(
+        &[("FAKE_UV_MANAGED_PIDS", &none)],
+        &["--reinstall", "memtomem[web]==0.6.12"],
+    );
+    ok(&out);
+    assert_eq!(b.last_call()["kind"], "install");
+    let env = b.tools.join("memtomem");
+    assert_layout(&env, &b.bin, "0.6.12");
+    assert_eq!(
+        receipt(&env),
+        expected_receipt(
+            r#"[{ name = "memtomem", extras = ["web"], specifier = "==0.6.12" }]"#,
+            None,
+            &b.bin,
+            false
+        )
+    );
+    let server = fs::read_to_string(env.join("bin/memtomem-server")).unwrap();
+    assert!(
+        server.contains("--server-version '0.6.12' \"$@\""),
+        "{server}"
+    );
+    assert!(server.contains(BIN), "{server}");
+
+    // A stage call afterwards leaves that installation alone.
+    let (out, stage) = b.stage_call("s", "succeed", &["memtomem==0.7.0"]);
+    ok(&out);
+    assert_eq!(installed_version(&env), ["0.6.12"]);
+    assert_eq!(installed_version(&stage.join("memtomem")), ["0.7.0"]);
+    assert_eq!(fs::read_link(b.bin.join("mm")).unwrap(), env.join("bin/mm"));
+}
+
+#[test]
+fn a_prepare_call_elsewhere_lays_out_the_same_shape() {
+    let b = UvBox::new();
+    let scratch = b.dir.path().join("prepare");
+    let (tools, bin) = (scratch.join("tools"), scratch.join("bin"));
+    let out = b
+        .command(
+            &[("UV_TOOL_DIR", &tools), ("UV_TOOL_BIN_DIR", &bin)],
+            &["tool", "install", "--refresh", "memtomem==0.6.12"],
+        )
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(b.last_call()["kind"], "prepare");
+    assert_layout(&tools.join("memtomem"), &bin, "0.6.12");
+}
+
+#[test]
+fn a_stage_call_honours_the_failures_of_fake_uv_behavior() {
+    let b = UvBox::new();
+    let (out, stage) = b.stage_call("fail", "fail:3:boom: no wheel", &["memtomem==0.7.0"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "boom: no wheel\n");
+    assert!(!stage.join("memtomem").exists());
+    let call = b.last_call();
+    assert_eq!(
+        (call["kind"].as_str(), call["exit_code"].as_i64()),
+        (Some("stage"), Some(3))
+    );
+
+    let (out, stage) = b.stage_call("unres", "unresolvable", &["memtomem==9.9.9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("there is no version of memtomem==9.9.9"),
+        "{err}"
+    );
+    assert!(!stage.join("memtomem").exists());
+
+    let t0 = Instant::now();
+    let (out, stage) = b.stage_call("sleep", "sleep:300", &["memtomem==0.7.0"]);
+    ok(&out);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert_eq!(installed_version(&stage.join("memtomem")), ["0.7.0"]);
+
+    let stage = b.stage("hang");
+    let mut c = b.command(
+        &[("UV_TOOL_DIR", &stage)],
+        &["tool", "install", "memtomem==0.7.0"],
+    );
+    c.env("FAKE_UV_BEHAVIOR", "hang");
+    let mut p = Proc::start(
+        c,
+        b.dir.path().join("r"),
+        b.dir.path().join("e"),
+        b.dir.path().join("x"),
+    );
+    assert!(p.wait_exit(Duration::from_millis(300)).is_none(), "hangs");
+    drop(p);
+    assert!(!stage.join("memtomem").exists());
+
+    // Offline: only what is in the cache.
+    let cache = b.dir.path().join("cache");
+    fs::create_dir_all(cache.join("memtomem-0.7.0")).unwrap();
+    for (v, code) in [("0.7.1", 1), ("0.7.0", 0)] {
+        let stage = b.stage(&format!("offline-{v}"));
+        let mut c = b.command(
+            &[("UV_TOOL_DIR", &stage), ("FAKE_UV_CACHE", &cache)],
+            &["tool", "install", "--offline", &format!("memtomem=={v}")],
+        );
+        assert_eq!(c.output().unwrap().status.code(), Some(code), "{v}");
+    }
+}
+
+#[test]
+fn broken_python_and_broken_entry() {
+    let b = UvBox::new();
+    let (out, stage) = b.stage_call("py", "broken-python", &["memtomem==0.7.0"]);
+    ok(&out);
+    let env = stage.join("memtomem");
+    assert_layout(&env, &stage.join(".bin"), "0.7.0");
+    let p = probe(&env);
+    assert_eq!(p.status.code(), Some(1));
+    assert!(p.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&p.stderr), "fake python: broken\n");
+    assert_eq!(run(&env.join("bin/mm"), &[]).status.code(), Some(0));
+
+    let (out, stage) = b.stage_call("entry", "broken-entry", &["memtomem==0.7.0"]);
+    ok(&out);
+    let env = stage.join("memtomem");
+    assert_layout(&env, &stage.join(".bin"), "0.7.0");
+    let s = run(&stage.join(".bin/memtomem-server"), &[]);
+    assert_eq!(s.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&s.stderr).contains("ModuleNotFoundError"));
+    assert_eq!(probe(&env).status.code(), Some(0));
+}
+
+#[test]
+fn wrong_version_installs_and_reports_v_everywhere() {
+    let b = UvBox::new();
+    let (out, stage) = b.stage_call("w", "wrong-version:0.6.5", &["memtomem==0.7.1"]);
+    ok(&out);
+    let env = stage.join("memtomem");
+    assert_layout(&env, &stage.join(".bin"), "0.6.5");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&probe(&env).stdout).unwrap()["version"],
+        "0.6.5"
+    );
+    let server = fs::read_to_string(env.join("bin/memtomem-server")).unwrap();
+    assert!(server.contains("--server-version '0.6.5'"), "{server}");
+    // The receipt records what was asked for.
+    assert_eq!(
+        receipt(&env)["tool"]["requirements"][0]["specifier"].as_str(),
+        Some("==0.7.1")
+    );
+    assert_eq!(b.last_call()["installed"]["version"], "0.6.5");
+}
