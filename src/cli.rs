@@ -15,8 +15,9 @@ use crate::paths::PathEnv;
     version,
     about = "Upgrade memtomem safely: stop every live server, reinstall with uv, prove nothing old is left.",
     long_about = "Upgrade memtomem safely.\n\nFinds every live memtomem-server and `mm web` (by their pid-file locks, \
-verified in /proc), resolves and downloads the target version first, stops the servers (SIGTERM, grace, SIGKILL), \
-removes stale pid files without touching live ones, runs `uv tool install --reinstall memtomem[extras]==VERSION`, \
+verified in /proc), installs the target release beside the current one and proves it runs (an MCP initialize) while \
+the servers still serve, stops the servers (SIGTERM, grace, SIGKILL), removes stale pid files without touching live ones, \
+switches the two installations in one atomic rename (an interrupted switch is finished or undone by the next run), \
 then retires any process of the old generation that a client respawned meanwhile.",
     after_help = exit::TABLE,
     // `--version` is the memtomem version to install (upstream's flag).
@@ -96,8 +97,8 @@ pub struct UpgradeArgs {
     /// Reinstall only; list the live processes that will keep running old code.
     #[arg(long)]
     pub skip_pkill: bool,
-    /// Do not resolve and download before stopping; install with --refresh instead of --offline.
-    #[arg(long)]
+    /// No effect (kept for scripts): the new release is always staged and proven before anything stops.
+    #[arg(long, hide = true)]
     pub no_prepare: bool,
     /// Seconds uv may take per call before it is stopped (more than 0, at most 3600).
     #[arg(
@@ -111,11 +112,14 @@ pub struct UpgradeArgs {
     /// Also write JSON-lines progress events (discovered, signalled, exited, installed…) to FILE (`-` for stderr).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
-    /// Do not start the new memtomem-server afterwards to prove it runs.
+    /// Reinstall even when the target version is the installed one (otherwise that is a no-op that stops nothing).
+    #[arg(long)]
+    pub reinstall: bool,
+    /// Skip the MCP `initialize` handshake with the staged server (its metadata and entry points are still checked).
     #[arg(long)]
     pub no_verify: bool,
-    /// Do not keep a copy of the current installation to restore if uv fails.
-    #[arg(long)]
+    /// No effect (kept for scripts): the rollback is the exchange back, nothing is copied.
+    #[arg(long, hide = true)]
     pub no_rollback: bool,
 }
 
@@ -140,6 +144,7 @@ pub fn reject_upgrade_flags_with_subcommand(m: &clap::ArgMatches) -> Result<(), 
         ("uv_timeout", "--uv-timeout"),
         ("events", "--events"),
         ("no_verify", "--no-verify"),
+        ("reinstall", "--reinstall"),
         ("no_rollback", "--no-rollback"),
     ];
     for (id, flag) in upgrade_only {
@@ -216,6 +221,7 @@ pub struct Settings {
     pub skip_pkill: bool,
     pub no_prepare: bool,
     pub no_verify: bool,
+    pub reinstall: bool,
     pub no_rollback: bool,
     pub uv: Option<PathBuf>,
     pub uv_timeout: Duration,
@@ -266,6 +272,7 @@ impl Settings {
             skip_pkill: a.skip_pkill,
             no_prepare: a.no_prepare,
             no_verify: a.no_verify,
+            reinstall: a.reinstall,
             no_rollback: a.no_rollback,
             uv: common.uv.clone(),
             uv_timeout: a.uv_timeout,

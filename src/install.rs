@@ -1,7 +1,5 @@
-//! Stage 5: the reinstall through uv. Prepared first (resolved and downloaded
-//! into uv's cache while the old servers still run), so a version that cannot
-//! be installed fails before anything is stopped, and the install after the
-//! stop is an `--offline` copy from a warm cache.
+//! Calling uv: locating it, bounded runs of it (and of other programs), and
+//! what it installed. The install itself is staged and switched by [`crate::txn`].
 
 use std::ffi::OsString;
 use std::fs;
@@ -324,57 +322,6 @@ fn wait_child_exit(pid: i32, timeout: Duration, abort: &dyn Fn() -> bool) -> boo
     }
 }
 
-/// Extras from uv's receipt (`[tool].requirements[name=memtomem].extras`), so
-/// a `memtomem[all]` user keeps `[all]`. Any problem reads as "none".
-pub fn receipt_extras(tool_dir: &Path) -> Vec<String> {
-    let Ok(text) = fs::read_to_string(tool_dir.join(PACKAGE).join("uv-receipt.toml")) else {
-        return vec![];
-    };
-    let Ok(doc) = text.parse::<toml::Table>() else {
-        return vec![];
-    };
-    let Some(reqs) = doc
-        .get("tool")
-        .and_then(|t| t.get("requirements"))
-        .and_then(|r| r.as_array())
-    else {
-        return vec![];
-    };
-    for req in reqs {
-        match req {
-            toml::Value::Table(t) if t.get("name").and_then(|n| n.as_str()) == Some(PACKAGE) => {
-                return t
-                    .get("extras")
-                    .and_then(|e| e.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-            }
-            // Legacy receipts hold PEP 508 strings: "memtomem[all]==0.1".
-            toml::Value::String(s) if s.starts_with(PACKAGE) => {
-                let rest = &s[PACKAGE.len()..];
-                if let Some(inner) = rest
-                    .strip_prefix('[')
-                    .and_then(|r| r.split_once(']'))
-                    .map(|(i, _)| i)
-                {
-                    return inner
-                        .split(',')
-                        .map(|e| e.trim().to_string())
-                        .filter(|e| !e.is_empty())
-                        .collect();
-                }
-                return vec![];
-            }
-            _ => {}
-        }
-    }
-    vec![]
-}
-
 /// `--extras`: `none` or empty means a bare install; otherwise a comma list
 /// (case preserved, blanks dropped).
 pub fn parse_extras_flag(s: &str) -> Vec<String> {
@@ -385,99 +332,6 @@ pub fn parse_extras_flag(s: &str) -> Vec<String> {
         .map(|e| e.trim().to_string())
         .filter(|e| !e.is_empty())
         .collect()
-}
-
-/// `memtomem`, `memtomem[a,b]`, with `==V` when pinned.
-pub fn package_spec(extras: &[String], version: Option<&str>) -> String {
-    let mut s = PACKAGE.to_string();
-    if !extras.is_empty() {
-        s.push('[');
-        s.push_str(&extras.join(","));
-        s.push(']');
-    }
-    if let Some(v) = version {
-        s.push_str("==");
-        s.push_str(v);
-    }
-    s
-}
-
-/// The argv after `uv` for the real install.
-///
-/// Unprepared, it is upstream's `--refresh --reinstall`. Prepared, uv works
-/// from its warm cache (`--offline`; uv refuses it together with `--refresh`)
-/// and reinstalls the memtomem package itself rather than every dependency:
-/// measured here, `--offline --reinstall` takes 0.40–0.47 s and
-/// `--offline --reinstall-package memtomem` 0.21–0.28 s, and this is the
-/// window in which no server runs. Dependencies still follow the resolution.
-pub fn install_args(spec: &str, prepared: bool) -> Vec<String> {
-    let args: &[&str] = if prepared {
-        &[
-            "tool",
-            "install",
-            "--offline",
-            "--reinstall-package",
-            PACKAGE,
-            spec,
-        ]
-    } else {
-        &["tool", "install", "--refresh", "--reinstall", spec]
-    };
-    args.iter().map(|s| s.to_string()).collect()
-}
-
-/// The online retry of a prepared install (same packages, network allowed).
-pub fn online_retry_args(spec: &str) -> Vec<String> {
-    ["tool", "install", "--reinstall-package", PACKAGE, spec]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-
-/// Result of the preparation: the exact version uv resolved, now in its cache.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub version: Option<String>,
-    pub elapsed: Duration,
-}
-
-/// Resolve and download `spec` by installing it into a throwaway tool dir:
-/// the same resolver and cache as the real install, without touching it.
-/// `python`: the interpreter of the installed environment, so the prepared
-/// wheels are the ones the in-place install will need (a different default
-/// Python would warm the cache for the wrong ABI and the offline install
-/// would fail after the servers are stopped).
-pub fn prepare(uv: &Uv, spec: &str, python: Option<&Path>) -> Result<Prepared, UvError> {
-    let scratch = tempfile::Builder::new()
-        .prefix("mm-upgrade-prepare-")
-        .tempdir()
-        .map_err(|e| UvError::Spawn {
-            program: "mkdtemp".into(),
-            error: e.to_string(),
-        })?;
-    let tools = scratch.path().join("tools");
-    let bin = scratch.path().join("bin");
-    let envs = vec![
-        (
-            OsString::from("UV_TOOL_DIR"),
-            tools.clone().into_os_string(),
-        ),
-        (OsString::from("UV_TOOL_BIN_DIR"), bin.into_os_string()),
-    ];
-    let mut args: Vec<String> = ["tool", "install", "--refresh"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    if let Some(py) = python {
-        args.push("--python".into());
-        args.push(py.display().to_string());
-    }
-    args.push(spec.to_string());
-    let out = uv.run(&format!("preparing {spec}"), &args, &envs, uv.timeout)?;
-    Ok(Prepared {
-        version: installed_version(&tools),
-        elapsed: out.elapsed,
-    })
 }
 
 /// The installed version, from `<tool dir>/memtomem/lib/python*/site-packages/memtomem-<V>.dist-info`.
@@ -506,57 +360,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn receipt_extras_table_and_legacy_forms() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().join("memtomem");
-        fs::create_dir_all(&d).unwrap();
-        assert!(receipt_extras(tmp.path()).is_empty());
-        fs::write(d.join("uv-receipt.toml"), "[tool]\nrequirements = [{ name = \"memtomem\", extras = [\"all\"], specifier = \"==0.6.12\" }]\n").unwrap();
-        assert_eq!(receipt_extras(tmp.path()), vec!["all"]);
-        fs::write(
-            d.join("uv-receipt.toml"),
-            "[tool]\nrequirements = [{ name = \"memtomem\", specifier = \"==0.6.12\" }]\n",
-        )
-        .unwrap();
-        assert!(receipt_extras(tmp.path()).is_empty());
-        fs::write(
-            d.join("uv-receipt.toml"),
-            "[tool]\nrequirements = [\"memtomem[web,onnx]==0.1\"]\n",
-        )
-        .unwrap();
-        assert_eq!(receipt_extras(tmp.path()), vec!["web", "onnx"]);
-        fs::write(d.join("uv-receipt.toml"), "not toml [[[").unwrap();
-        assert!(receipt_extras(tmp.path()).is_empty());
-        // A receipt that starts with a lock section still has [tool].
-        fs::write(d.join("uv-receipt.toml"), "version = 1\n[[package]]\nname = \"x\"\n[tool]\nrequirements = [{ name = \"memtomem\", extras = [\"all\"] }]\n").unwrap();
-        assert_eq!(receipt_extras(tmp.path()), vec!["all"]);
-    }
-
-    #[test]
-    fn extras_flag_and_spec() {
+    fn extras_flag() {
         assert!(parse_extras_flag("none").is_empty());
         assert!(parse_extras_flag(" NONE ").is_empty());
         assert_eq!(parse_extras_flag("onnx, Web,,"), vec!["onnx", "Web"]);
-        assert_eq!(package_spec(&[], None), "memtomem");
-        assert_eq!(
-            package_spec(&["all".into()], Some("0.1.32")),
-            "memtomem[all]==0.1.32"
-        );
-        assert_eq!(
-            install_args("memtomem==1", true),
-            vec![
-                "tool",
-                "install",
-                "--offline",
-                "--reinstall-package",
-                "memtomem",
-                "memtomem==1"
-            ]
-        );
-        assert_eq!(
-            install_args("memtomem", false),
-            vec!["tool", "install", "--refresh", "--reinstall", "memtomem"]
-        );
     }
 
     #[test]

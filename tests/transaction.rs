@@ -36,12 +36,16 @@ fn old_with_extra_package() -> Scratch {
 
 /// `mm-upgrade ARGS` confined to the scratch dirs (runtime dir included).
 fn upgrade(sc: &Scratch, args: &[&str], fault: Option<&str>) -> Run {
+    upgrade_with_uv(sc, args, fault, &testenv::uv())
+}
+
+fn upgrade_with_uv(sc: &Scratch, args: &[&str], fault: Option<&str>, uv: &Path) -> Run {
     let rt = sc.path("rt");
     fs::create_dir_all(&rt).unwrap();
     fs::set_permissions(&rt, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let mut c = Command::new(env!("CARGO_BIN_EXE_mm-upgrade"));
     sc.env(&mut c);
-    c.env("MM_UPGRADE_UV", testenv::uv())
+    c.env("MM_UPGRADE_UV", uv)
         .arg("--runtime-dir")
         .arg(&rt)
         .arg("--home")
@@ -72,11 +76,12 @@ fn uv_tool_list(sc: &Scratch) -> (String, String) {
 /// MCP `initialize`, return `serverInfo.version`. Its process group is
 /// killed on return, panics included.
 fn server_version(sc: &Scratch) -> String {
-    struct Group(i32);
+    struct Group(std::process::Child);
     impl Drop for Group {
         fn drop(&mut self) {
             // SAFETY: the group was created for this launch.
-            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+            unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+            let _ = self.0.wait();
         }
     }
     let rt = sc.path("server-rt");
@@ -88,12 +93,11 @@ fn server_version(sc: &Scratch) -> String {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .process_group(0);
-    let mut child = c.spawn().expect("start memtomem-server");
-    let _g = Group(child.id() as i32);
-    let mut stdin = child.stdin.take().unwrap();
+    let mut server = Group(c.spawn().expect("start memtomem-server"));
+    let mut stdin = server.0.stdin.take().unwrap();
     writeln!(stdin, r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"t","version":"0"}}}}}}"#).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let out = child.stdout.take().unwrap();
+    let out = server.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -111,8 +115,6 @@ fn server_version(sc: &Scratch) -> String {
         };
         if v["id"] == 1 {
             drop(stdin);
-            let _ = child.kill();
-            let _ = child.wait();
             return v["result"]["serverInfo"]["version"]
                 .as_str()
                 .unwrap_or("")
@@ -228,7 +230,11 @@ fn an_unpinned_install_stays_unpinned_and_keeps_its_with_package() {
         .unwrap();
     assert!(st.success());
     assert!(!receipt_text(&sc).contains("specifier = \"=="));
-    upgrade(&sc, &["-y"], None).expect(0);
+    // --reinstall: PyPI's latest may be the installed version, and the
+    // receipt must come from a real staged install either way.
+    let run = upgrade(&sc, &["-y", "--json", "--reinstall"], None);
+    run.expect(0);
+    assert!(run.json()["staged"]["version"].is_string(), "{run}");
     let r = receipt_text(&sc);
     assert!(
         r.contains("{ name = \"memtomem\" }"),
@@ -323,18 +329,7 @@ fn a_release_that_fails_its_proof_changes_nothing() {
     )
     .unwrap();
     let before = sc.receipt();
-    let run = {
-        let rt = sc.path("rt");
-        fs::create_dir_all(&rt).unwrap();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mm-upgrade"));
-        sc.env(&mut c);
-        c.env("MM_UPGRADE_UV", &wrapper)
-            .args(["-y", "--json", "--version", NEW, "--runtime-dir"])
-            .arg(&rt)
-            .arg("--home")
-            .arg(&sc.home);
-        Run::of(c, &["-y", "--version", NEW])
-    };
+    let run = upgrade_with_uv(&sc, &["-y", "--json", "--version", NEW], None, &wrapper);
     run.expect(5);
     let err = run.json()["error"].as_str().unwrap().to_string();
     assert!(
@@ -345,6 +340,17 @@ fn a_release_that_fails_its_proof_changes_nothing() {
     assert_eq!(sc.receipt(), before);
     assert!(!sc.tools.join(".mm-upgrade").exists());
     assert_eq!(server_version(&sc), OLD);
+}
+
+#[test]
+fn the_installed_version_is_a_no_op_that_stops_nothing() {
+    let sc = Scratch::with(NEW);
+    let before = sc.receipt();
+    let run = upgrade(&sc, &["-y", "--json", "--version", NEW], None);
+    run.expect(0);
+    assert_eq!(run.json()["up_to_date"], true, "{run}");
+    assert_eq!(sc.receipt(), before);
+    assert!(!sc.tools.join(".mm-upgrade").exists());
 }
 
 #[test]

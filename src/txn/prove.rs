@@ -5,7 +5,6 @@
 //! and without the caller's `MEMTOMEM_*` settings, so it can never touch the
 //! user's store or runtime dir.
 
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
@@ -60,15 +59,18 @@ print(json.dumps(out))
 /// Ask the environment's interpreter for its memtomem metadata.
 pub fn metadata(env: &Path, with_schema: bool, timeout: Duration) -> Result<Metadata, String> {
     let py = env.join("bin/python");
-    let mut args = vec!["-I".to_string(), "-c".to_string(), PROBE.to_string()];
+    // -I ignores PYTHONDONTWRITEBYTECODE: -B keeps imports from writing
+    // bytecode that names the staging path (compileall writes it for the real one).
+    let mut args = vec![
+        "-I".to_string(),
+        "-B".to_string(),
+        "-c".to_string(),
+        PROBE.to_string(),
+    ];
     if with_schema {
         args.push("schema".into());
     }
-    let envs = [(
-        OsString::from("PYTHONDONTWRITEBYTECODE"),
-        OsString::from("1"),
-    )];
-    let out = run_bounded(&py, true, "the staged interpreter", &args, &envs, timeout)
+    let out = run_bounded(&py, true, "the staged interpreter", &args, &[], timeout)
         .map_err(|e| describe(&py, e))?;
     let line = out
         .stdout
@@ -107,6 +109,7 @@ c = sqlite3.connect('file:' + r.pathname2url(sys.argv[1]) + '?mode=ro', uri=True
 print(c.execute(\"select value from _memtomem_meta where key='schema_version'\").fetchone()[0])\n";
     let args = vec![
         "-I".into(),
+        "-B".into(),
         "-c".into(),
         READ.into(),
         db.display().to_string(),

@@ -1,0 +1,278 @@
+//! What a run tells: the state carried through the run (`Ctx`, `Progress`),
+//! the final JSON document in upstream's key order, the refusal text and the
+//! rendered plan. Only this module writes the report.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::cli::Settings;
+use crate::discover::{self, Installation, Inventory, Scope};
+use crate::error::UpgradeError;
+use crate::plan::Plan;
+use crate::stop::StopRecord;
+use crate::sys::Pid;
+use crate::txn;
+use crate::ui::Ui;
+
+/// What the run did so far, for every report (success or failure).
+#[derive(Default)]
+pub(super) struct Progress {
+    pub(super) records: Vec<StopRecord>,
+    pub(super) removed: Vec<PathBuf>,
+    pub(super) first_signal: Option<Instant>,
+}
+
+impl Progress {
+    pub(super) fn killed(&self) -> Vec<Pid> {
+        let mut out: Vec<Pid> = Vec::new();
+        for r in self.records.iter().filter(|r| r.was_signalled()) {
+            if !out.contains(&r.pid) {
+                out.push(r.pid);
+            }
+        }
+        out
+    }
+    pub(super) fn removed_json(&self) -> Value {
+        json!(self
+            .removed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>())
+    }
+}
+
+pub(super) struct Ctx<'a> {
+    pub(super) s: &'a Settings,
+    pub(super) ui: &'a mut Ui,
+    pub(super) doc: Map<String, Value>,
+    pub(super) warnings: Vec<String>,
+    pub(super) protected: Vec<Pid>,
+    pub(super) install: Installation,
+}
+
+impl Ctx<'_> {
+    pub(super) fn scope(&self, scan: bool) -> Scope<'_> {
+        Scope {
+            env: &self.s.paths,
+            install: &self.install,
+            protected: &self.protected,
+            scan_processes: scan,
+        }
+    }
+
+    pub(super) fn inventory(&mut self, phase: &str) -> Inventory {
+        let inv = discover::discover_stable(&self.scope(true), &|d| std::thread::sleep(d));
+        for w in &inv.warnings {
+            if !self.warnings.contains(w) {
+                self.warnings.push(w.clone());
+            }
+        }
+        for i in &inv.instances {
+            self.ui.event(
+                "discovered",
+                json!({"phase": phase, "pid": i.pid, "role": i.role, "source": i.source, "started": i.started, "problem": i.problem}),
+            );
+        }
+        inv
+    }
+
+    /// An interrupt that arrived while nothing has changed yet ends the run.
+    pub(super) fn interrupted_before_change(&mut self) -> Option<u8> {
+        let sig = crate::interrupt::requested()?;
+        let msg = format!(
+            "interrupted by {} before anything was changed",
+            crate::interrupt::name(sig)
+        );
+        Some(self.fail(UpgradeError::Interrupted(msg), None))
+    }
+
+    /// Emit the final document and return the exit code.
+    pub(super) fn finish(&mut self, code: u8) -> u8 {
+        if !self.warnings.is_empty() {
+            self.doc.insert("warnings".into(), json!(self.warnings));
+        }
+        self.doc.insert("exit_code".into(), json!(code));
+        let doc = ordered(&self.doc);
+        self.ui.finish_json(&doc);
+        if !self.ui.json {
+            for w in self.warnings.clone() {
+                self.ui.warn(w);
+            }
+        }
+        code
+    }
+
+    pub(super) fn fail(&mut self, err: UpgradeError, progress: Option<&Progress>) -> u8 {
+        let code = err.exit_code();
+        let msg = err.to_string();
+        self.doc.insert("ok".into(), json!(false));
+        self.doc.insert("error".into(), json!(msg));
+        if let Some(p) = progress {
+            self.doc.insert("killed".into(), json!(p.killed()));
+            self.doc.insert("removed".into(), p.removed_json());
+            self.doc.insert("stops".into(), json!(p.records));
+        }
+        if !self.ui.json {
+            crate::ui::errln!("error: {msg}");
+            if let Some(p) = progress {
+                let killed = p.killed();
+                if !killed.is_empty() {
+                    crate::ui::errln!("Stopped before failure: {}", join(&killed));
+                }
+                for r in &p.removed {
+                    crate::ui::errln!("Removed before failure: {}", r.display());
+                }
+            }
+        }
+        self.finish(code)
+    }
+}
+
+/// Upstream's keys first, in upstream's order (scripts may rely on the
+/// order of a one-line document), then ours.
+pub(super) const KEY_ORDER: &[&str] = &[
+    "ok",
+    "dry_run",
+    "cancelled",
+    "inventory_complete",
+    "would_kill",
+    "would_remove",
+    "would_install",
+    "error",
+    "stderr",
+    "killed",
+    "removed",
+    "reinstalled",
+    "extras",
+    "version",
+    "db_lock_warning",
+    "cleanup_complete",
+];
+
+pub(super) fn ordered(doc: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for k in KEY_ORDER {
+        if let Some(v) = doc.get(*k) {
+            out.insert((*k).to_string(), v.clone());
+        }
+    }
+    for (k, v) in doc {
+        if !out.contains_key(k) && k != "warnings" && k != "exit_code" {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    for k in ["warnings", "exit_code"] {
+        if let Some(v) = doc.get(k) {
+            out.insert(k.to_string(), v.clone());
+        }
+    }
+    out
+}
+
+pub(super) fn join(pids: &[Pid]) -> String {
+    pids.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(super) fn refusal_text(problems: &[String]) -> String {
+    let mut s = String::from("Cannot verify the complete memtomem process inventory:");
+    for p in problems {
+        s.push_str("\n- ");
+        s.push_str(p);
+    }
+    s.push_str("\nRefusing to reinstall. Restore access to every reported path and stop the reported process manually, then retry.");
+    s
+}
+
+pub(super) fn render_plan(
+    cx: &mut Ctx,
+    plan: &Plan,
+    extras: &[String],
+    source: &str,
+    explicit: bool,
+) {
+    if cx.ui.json {
+        return;
+    }
+    let home = cx.s.paths.home.clone();
+    let t = |p: &Path| crate::pidfile::tilde(p, &home);
+    let mut lines = vec!["memtomem upgrade plan:".to_string()];
+    for i in &plan.stops {
+        let pid = i.pid.map_or("?".into(), |p| p.to_string());
+        let lock = i.source.as_deref().map_or("no pid file".into(), t);
+        lines.push(format!(
+            "  Stop running {} (pid {pid}, {lock})",
+            i.role.label()
+        ));
+        for e in &i.evidence {
+            lines.push(format!("      evidence: {e}"));
+        }
+    }
+    if !plan.stops.is_empty() {
+        lines.push(format!(
+            "  Wait up to {}s for graceful exit, then SIGKILL",
+            fmt_secs(cx.s.grace)
+        ));
+    }
+    for i in &plan.kept {
+        lines.push(format!(
+            "  Keep running {} (pid {}) on old code (--skip-pkill)",
+            i.role.label(),
+            i.pid.unwrap_or(0)
+        ));
+    }
+    if plan.stops.is_empty() && plan.kept.is_empty() {
+        lines.push("  No running server or web UI detected — reinstall only".into());
+    }
+    for p in plan.would_remove() {
+        if plan.stale.contains(&p) {
+            lines.push(format!("  Remove stale {}", t(&p)));
+        } else {
+            lines.push(format!(
+                "  Remove {} once its holder has exited (if nobody holds it then)",
+                t(&p)
+            ));
+        }
+    }
+    if !extras.is_empty() {
+        lines.push(format!("  Extras: [{}] ({source})", extras.join(",")));
+    } else if !explicit {
+        lines.push("  Extras: none detected (bare install)".into());
+    }
+    lines.push(format!(
+        "  Stage first, while the servers still run: {} (into {}), then prove it starts and answers MCP initialize",
+        plan.install_argv().join(" "),
+        cx.install
+            .tool_dir()
+            .map(|t| t.join(txn::WORK_DIR).display().to_string())
+            .unwrap_or_else(|| "uv's tool dir".into())
+    ));
+    lines.push("  Switch: exchange the old and the new environment in one atomic rename after the stop (rollback: the same exchange back)".into());
+    lines.push(
+        "  Recycle any server or Web UI process of the old generation present after reinstall"
+            .into(),
+    );
+    let problems = plan.problems.clone();
+    if !problems.is_empty() {
+        lines.push("  Inventory diagnostics:".into());
+        for p in problems {
+            lines.push(format!("    - {p}"));
+        }
+    }
+    for l in lines {
+        cx.ui.say(l);
+    }
+}
+
+pub(super) fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s}")
+    }
+}
