@@ -31,7 +31,101 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         protected: sys::self_and_ancestors(),
         install: Installation::default(),
     };
+    match pipeline(&mut cx) {
+        Ok(code) | Err(code) => code,
+    }
+}
 
+/// The job, step by step. `Err` carries the exit code of a report already
+/// written; every step that fails after staging discards or rolls back.
+fn pipeline(cx: &mut Ctx) -> Result<u8, u8> {
+    let s = cx.s;
+    let r = resolve(cx)?;
+    // The requested version is already installed: nothing to stop or change.
+    if let (Some(want), Some(have), false) = (&s.version, &r.installed_version, s.reinstall) {
+        if want == have {
+            return Ok(up_to_date(cx, have));
+        }
+    }
+    let inv = cx.inventory("initial");
+    let plan = plan::plan(&inv, r.main_req.pep508(), r.argv.clone(), s.skip_pkill);
+    render_plan(cx, &plan, &r.extras, r.extras_source, s.extras.is_some());
+    if s.dry_run {
+        return Ok(report::dry_run(cx, &plan, &inv, &r.extras));
+    }
+    confirm(cx, &inv)?;
+    let (Some(uv), Some(layout)) = (r.uv.as_ref(), r.layout.as_ref()) else {
+        unreachable!("uv and the layout are resolved for real runs");
+    };
+    if let Some(code) = cx.interrupted_before_change() {
+        return Err(code);
+    }
+    let spec = plan.spec.clone();
+
+    // Stage and prove while the old servers still serve: a release that
+    // cannot be installed or does not run fails here, and nothing is stopped.
+    let mut staged = stage_and_prove(cx, uv, layout, &plan.argv, &spec)?;
+    if r.installed_version.as_deref() == Some(staged.journal.version.as_str()) && !s.reinstall {
+        txn::discard(&layout.work(), &staged.journal);
+        return Ok(up_to_date(cx, &staged.journal.version));
+    }
+    ready_to_switch(cx, layout, &mut staged, &r)?;
+    let version = staged.journal.version.clone();
+
+    let cfg = StopConfig {
+        grace: s.grace,
+        kill_wait: Duration::from_secs(3),
+    };
+    let mut progress = Progress::default();
+    // Last point at which an interrupt is honoured at once.
+    if let Some(code) = cx.interrupted_before_change() {
+        txn::discard(&layout.work(), &staged.journal);
+        return Err(code);
+    }
+    if let Err(code) = stop_servers(cx, &plan, &inv, &mut progress, cfg) {
+        // Servers may be down, but the installation was never touched.
+        txn::discard(&layout.work(), &staged.journal);
+        return Err(code);
+    }
+    crate::sys::fault_point("stopped");
+    let switched = switch(cx, layout, &mut staged, &progress)?;
+    cx.ui.event(
+        "installed",
+        json!({"spec": spec, "downtime_ms": switched.downtime_ms}),
+    );
+    if !s.skip_pkill {
+        retire_old_generation(cx, switched.installed_ticks, &spec, &mut progress, cfg)?;
+    }
+    if let Some(h) = switched.removal {
+        let _ = h.join();
+    }
+    Ok(report::success(
+        cx,
+        &plan,
+        &progress,
+        &r.extras,
+        r.installed_version.as_deref(),
+        &version,
+        switched.downtime_ms,
+    ))
+}
+
+/// What the run works on: uv, its tool dir (locked, recovered), and the
+/// user's install as uv's receipt records it.
+struct Resolved {
+    uv: Option<install::Uv>,
+    layout: Option<txn::Layout>,
+    old_receipt: Option<receipt::Receipt>,
+    installed_version: Option<String>,
+    extras: Vec<String>,
+    extras_source: &'static str,
+    main_req: receipt::Requirement,
+    argv: Vec<String>,
+    _tool_lock: Option<txn::ToolLock>,
+}
+
+fn resolve(cx: &mut Ctx) -> Result<Resolved, u8> {
+    let s = cx.s;
     // uv first: without it nothing may be stopped.
     let uv = match install::Uv::locate(s.uv.as_deref(), s.path_var.as_deref(), s.uv_timeout) {
         Ok(uv) => Some(uv),
@@ -41,7 +135,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         }
         Err(e) => {
             let msg = format!("{e} Nothing was stopped.");
-            return cx.fail(UpgradeError::Install(msg), None);
+            return Err(cx.fail(UpgradeError::Install(msg), None));
         }
     };
     if let Some(uv) = &uv {
@@ -53,7 +147,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             Err(e) => {
                 let msg =
                     format!("cannot ask uv for its tool directory ({e}); nothing was changed");
-                return cx.fail(UpgradeError::Install(msg), None);
+                return Err(cx.fail(UpgradeError::Install(msg), None));
             }
         }
     }
@@ -66,17 +160,16 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         _ => {
             let msg =
                 "uv did not name an absolute tool dir and bin dir; nothing was changed".to_string();
-            return cx.fail(UpgradeError::Install(msg), None);
+            return Err(cx.fail(UpgradeError::Install(msg), None));
         }
     };
-
     // Serialise on uv's tool dir with uv's own lock: two upgrades, or an
     // upgrade and a `uv tool install`, never interleave, whatever their
     // runtime dirs.
-    let _tool_lock = match (&layout, s.dry_run) {
+    let tool_lock = match (&layout, s.dry_run) {
         (Some(l), false) => match txn::lock_tool_dir(&l.tool_dir) {
             Ok(lock) => Some(lock),
-            Err(msg) => return cx.fail(UpgradeError::Refused(msg), None),
+            Err(msg) => return Err(cx.fail(UpgradeError::Refused(msg), None)),
         },
         _ => None,
     };
@@ -94,7 +187,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
                     cx.warnings.push(r.describe());
                 }
                 Ok(None) => {}
-                Err(e) => return cx.fail(UpgradeError::Refused(e), None),
+                Err(e) => return Err(cx.fail(UpgradeError::Refused(e), None)),
             }
         }
     }
@@ -104,7 +197,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             Ok(r) => Some(r),
             Err(e) => {
                 let msg = format!("{e}; nothing was changed");
-                return cx.fail(UpgradeError::Refused(msg), None);
+                return Err(cx.fail(UpgradeError::Refused(msg), None));
             }
         },
         None => None,
@@ -121,7 +214,7 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
     };
     if let Some(bad) = extras.iter().find(|e| !receipt::is_valid_name(e)) {
         let msg = format!("extra {bad:?} is not a PEP 508 name");
-        return cx.fail(UpgradeError::Usage(msg), None);
+        return Err(cx.fail(UpgradeError::Usage(msg), None));
     }
     let unpinned = receipt::Requirement {
         name: install::PACKAGE.into(),
@@ -134,153 +227,104 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
         &extras,
         s.version.as_deref(),
     );
-    let argv = match receipt::install_args(old_receipt.as_ref(), &main_req) {
-        Ok(a) => a,
-        Err(e) => {
-            return cx.fail(
-                UpgradeError::Refused(format!("{e}; nothing was changed")),
-                None,
-            )
-        }
-    };
+    let argv = receipt::install_args(old_receipt.as_ref(), &main_req).map_err(|e| {
+        cx.fail(
+            UpgradeError::Refused(format!("{e}; nothing was changed")),
+            None,
+        )
+    })?;
     let installed_version = layout
         .as_ref()
         .and_then(|l| install::installed_version(&l.tool_dir));
+    Ok(Resolved {
+        uv,
+        layout,
+        old_receipt,
+        installed_version,
+        extras,
+        extras_source,
+        main_req,
+        argv,
+        _tool_lock: tool_lock,
+    })
+}
 
-    // The requested version is already installed: nothing to stop or change.
-    if let (Some(want), Some(have), false) = (&s.version, &installed_version, s.reinstall) {
-        if want == have {
-            return up_to_date(&mut cx, have);
-        }
-    }
-    let inv = cx.inventory("initial");
-    let plan = plan::plan(&inv, main_req.pep508(), argv.clone(), s.skip_pkill);
-    render_plan(&mut cx, &plan, &extras, extras_source, s.extras.is_some());
-
+/// Refuse an incomplete inventory; ask on a terminal unless `-y`.
+fn confirm(cx: &mut Ctx, inv: &discover::Inventory) -> Result<(), u8> {
     let problems = inv.all_problems();
-    if s.dry_run {
-        let d = &mut cx.doc;
-        d.insert("ok".into(), json!(problems.is_empty()));
-        d.insert("dry_run".into(), json!(true));
-        d.insert("inventory_complete".into(), json!(problems.is_empty()));
-        d.insert(
-            "would_kill".into(),
-            json!(plan.stops.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
-        );
-        d.insert(
-            "would_remove".into(),
-            json!(plan
-                .would_remove()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()),
-        );
-        d.insert("would_install".into(), json!(plan.install_argv()));
-        d.insert("extras".into(), json!(extras));
-        d.insert("version".into(), json!(s.version));
-        d.insert("processes".into(), json!(inv.instances));
-        if !plan.kept.is_empty() {
-            d.insert(
-                "would_keep".into(),
-                json!(plan.kept.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
-            );
-        }
-        if !problems.is_empty() {
-            let msg = refusal_text(&problems);
-            d.insert("error".into(), json!(msg));
-            if !cx.ui.json {
-                cx.ui.say(&msg);
-            }
-            return cx.finish(exit::REFUSED);
-        }
-        return cx.finish(exit::OK);
-    }
     if !problems.is_empty() {
-        return cx.fail(UpgradeError::Refused(refusal_text(&problems)), None);
+        return Err(cx.fail(UpgradeError::Refused(refusal_text(&problems)), None));
     }
-    if !s.yes {
-        match cx.ui.confirm("Proceed with upgrade?") {
-            Confirm::Yes => {}
-            Confirm::No => {
-                cx.doc.insert("ok".into(), json!(true));
-                cx.doc.insert("cancelled".into(), json!(true));
-                cx.ui.say("Cancelled — nothing was changed.");
-                return cx.finish(exit::OK);
-            }
-            Confirm::Interrupted => {
-                let sig = crate::interrupt::requested().map_or("a signal", crate::interrupt::name);
-                return cx.fail(
-                    UpgradeError::Interrupted(format!(
-                        "interrupted by {sig} at the prompt; nothing was changed"
-                    )),
-                    None,
-                );
-            }
-            Confirm::NotATerminal => return cx.fail(
-                UpgradeError::Refused(
-                    "Refusing to upgrade without confirmation in a non-interactive shell. Pass -y."
-                        .into(),
-                ),
-                None,
-            ),
+    if cx.s.yes {
+        return Ok(());
+    }
+    match cx.ui.confirm("Proceed with upgrade?") {
+        Confirm::Yes => Ok(()),
+        Confirm::No => {
+            cx.doc.insert("ok".into(), json!(true));
+            cx.doc.insert("cancelled".into(), json!(true));
+            cx.ui.say("Cancelled — nothing was changed.");
+            Err(cx.finish(exit::OK))
+        }
+        Confirm::Interrupted => {
+            let sig = crate::interrupt::requested().map_or("a signal", crate::interrupt::name);
+            let msg = format!("interrupted by {sig} at the prompt; nothing was changed");
+            Err(cx.fail(UpgradeError::Interrupted(msg), None))
+        }
+        Confirm::NotATerminal => {
+            let msg =
+                "Refusing to upgrade without confirmation in a non-interactive shell. Pass -y.";
+            Err(cx.fail(UpgradeError::Refused(msg.into()), None))
         }
     }
-    let uv = uv.expect("uv is located for real runs");
-    let layout = layout.expect("the layout is known for real runs");
-    if let Some(code) = cx.interrupted_before_change() {
-        return code;
-    }
-    let spec = main_req.pep508();
+}
 
-    // Stage and prove while the old servers still serve: a release that
-    // cannot be installed or does not run fails here, and nothing is stopped.
-    let mut staged = match stage_and_prove(&mut cx, &uv, &layout, &argv, &spec) {
-        Ok(st) => st,
-        Err(code) => return code,
-    };
-    if installed_version.as_deref() == Some(staged.journal.version.as_str()) && !s.reinstall {
+/// Checks that need the staged release, then the journal entry that the
+/// switch relies on. Any failure discards the staging; nothing was stopped.
+fn ready_to_switch(
+    cx: &mut Ctx,
+    layout: &txn::Layout,
+    staged: &mut txn::Staged,
+    r: &Resolved,
+) -> Result<(), u8> {
+    let refuse = |cx: &mut Ctx, staged: &txn::Staged, err: UpgradeError| {
         txn::discard(&layout.work(), &staged.journal);
-        return up_to_date(&mut cx, &staged.journal.version);
-    }
-    let version = Some(staged.journal.version.clone());
-    let prev = installed_version.clone();
-    if let (Some(target), Some(installed)) = (s.version.as_deref(), prev.as_deref()) {
-        if let Err(msg) = schema_allows(&cx, &layout, &staged, installed, target) {
-            txn::discard(&layout.work(), &staged.journal);
-            return cx.fail(UpgradeError::Refused(msg), None);
+        cx.fail(err, None)
+    };
+    if let (Some(target), Some(installed)) =
+        (cx.s.version.as_deref(), r.installed_version.as_deref())
+    {
+        if let Err(msg) = schema_allows(cx, layout, staged, installed, target) {
+            return Err(refuse(cx, staged, UpgradeError::Refused(msg)));
         }
     }
-    match txn::plan_links(&layout, old_receipt.as_ref(), &staged.receipt) {
+    match txn::plan_links(layout, r.old_receipt.as_ref(), &staged.receipt) {
         Ok((before, after)) => {
             staged.journal.old_links = before;
             staged.journal.new_links = after;
         }
         Err(e) => {
-            txn::discard(&layout.work(), &staged.journal);
-            return cx.fail(
-                UpgradeError::Refused(format!("{e}; nothing was changed")),
-                None,
-            );
+            let err = UpgradeError::Refused(format!("{e}; nothing was changed"));
+            return Err(refuse(cx, staged, err));
         }
     }
     if let Err(e) = txn::journal::store(&layout.work(), &staged.journal) {
-        txn::discard(&layout.work(), &staged.journal);
         let msg = format!("cannot write the journal: {e}; nothing was changed");
-        return cx.fail(UpgradeError::Install(msg), None);
+        return Err(refuse(cx, staged, UpgradeError::Install(msg)));
     }
-    let cfg = StopConfig {
-        grace: s.grace,
-        kill_wait: Duration::from_secs(3),
-    };
-    let mut progress = Progress::default();
+    Ok(())
+}
 
-    // Last point at which an interrupt is honoured at once.
-    if let Some(code) = cx.interrupted_before_change() {
-        txn::discard(&layout.work(), &staged.journal);
-        return code;
-    }
-
-    if s.skip_pkill {
+/// Stop, clean, and stop again anything that respawned meanwhile (or, with
+/// `--skip-pkill`, name what keeps running old code).
+fn stop_servers(
+    cx: &mut Ctx,
+    plan: &plan::Plan,
+    inv: &discover::Inventory,
+    progress: &mut Progress,
+    cfg: StopConfig,
+) -> Result<(), u8> {
+    if cx.s.skip_pkill {
         for i in &plan.kept {
             let w = format!(
                 "pid {} ({}{}) keeps running the old code (--skip-pkill)",
@@ -293,56 +337,73 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             );
             cx.warnings.push(w);
         }
-    } else {
-        // Stop, clean, and stop again anything that respawned meanwhile.
-        let mut targets = plan.stops.clone();
-        for round in 0..3 {
-            if targets.is_empty() {
-                break;
-            }
-            if progress.first_signal.is_none() {
-                progress.first_signal = Some(Instant::now());
-            }
-            let recs = stop_instances(&mut cx, &targets, cfg);
-            let failed: Vec<String> = recs.iter().filter_map(|r| r.error.clone()).collect();
-            progress.records.extend(recs);
-            clean::after_stop(
-                &targets,
-                &progress.records,
-                &mut progress.removed,
-                &mut cx.warnings,
-                cx.ui,
-            );
-            if !failed.is_empty() {
-                txn::discard(&layout.work(), &staged.journal);
-                return cx.fail(UpgradeError::Partial(failed.join("; ")), Some(&progress));
-            }
-            let boundary = cx.inventory("boundary");
-            let problems = boundary.all_problems();
-            if !problems.is_empty() {
-                txn::discard(&layout.work(), &staged.journal);
-                return cx.fail(
-                    UpgradeError::Partial(refusal_text(&problems)),
-                    Some(&progress),
-                );
-            }
-            targets = boundary.targets().cloned().collect();
-            if round == 2 && !targets.is_empty() {
-                // A client respawning faster than we stop: switch anyway and
-                // retire what is old afterwards.
-                cx.warnings.push(format!(
-                    "servers keep respawning (pids {}); they are retired after the switch",
-                    join(&targets.iter().filter_map(|t| t.pid).collect::<Vec<_>>())
-                ));
-            }
-        }
-        clean::stale_files(&inv.stale, &mut progress.removed, &mut cx.warnings, cx.ui);
+        return Ok(());
     }
-    crate::sys::fault_point("stopped");
+    let mut targets = plan.stops.clone();
+    for round in 0..3 {
+        if targets.is_empty() {
+            break;
+        }
+        if progress.first_signal.is_none() {
+            progress.first_signal = Some(Instant::now());
+        }
+        let recs = stop_instances(cx, &targets, cfg);
+        progress.last_exit = Some(Instant::now());
+        let failed: Vec<String> = recs.iter().filter_map(|r| r.error.clone()).collect();
+        progress.records.extend(recs);
+        clean::after_stop(
+            &targets,
+            &progress.records,
+            &mut progress.removed,
+            &mut cx.warnings,
+            cx.ui,
+        );
+        if !failed.is_empty() {
+            return Err(cx.fail(UpgradeError::Partial(failed.join("; ")), Some(progress)));
+        }
+        let boundary = cx.inventory("boundary");
+        let problems = boundary.all_problems();
+        if !problems.is_empty() {
+            let err = UpgradeError::Partial(refusal_text(&problems));
+            return Err(cx.fail(err, Some(progress)));
+        }
+        targets = boundary.targets().cloned().collect();
+        if round == 2 && !targets.is_empty() {
+            // A client respawning faster than we stop: switch anyway and
+            // retire what is old afterwards.
+            cx.warnings.push(format!(
+                "servers keep respawning (pids {}); they are retired after the switch",
+                join(&targets.iter().filter_map(|t| t.pid).collect::<Vec<_>>())
+            ));
+        }
+    }
+    clean::stale_files(&inv.stale, &mut progress.removed, &mut cx.warnings, cx.ui);
+    Ok(())
+}
 
-    // The switch: under memtomem's lifecycle barrier, one exchange.
+/// The switch is done: when (for the generation split), how long the
+/// servers were down, and the removal of the old env still running.
+struct Switched {
+    installed_ticks: u64,
+    downtime_ms: Option<f64>,
+    removal: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Under memtomem's lifecycle barrier: one exchange, the links, the
+/// in-place check; rolled back (the exchange back) if any of it fails.
+fn switch(
+    cx: &mut Ctx,
+    layout: &txn::Layout,
+    staged: &mut txn::Staged,
+    progress: &Progress,
+) -> Result<Switched, u8> {
     let switch_started = Instant::now();
-    let runtime_dirs: Vec<PathBuf> = s.paths.runtime_dirs().into_iter().map(|d| d.path).collect();
+    let runtime_dirs: Vec<PathBuf> =
+        cx.s.paths
+            .runtime_dirs()
+            .into_iter()
+            .map(|d| d.path)
+            .collect();
     let barrier = txn::take_barrier(&runtime_dirs, Duration::from_secs(1));
     for m in &barrier.missed {
         cx.warnings.push(format!(
@@ -366,13 +427,11 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             }
         };
         drop(barrier);
-        return cx.fail(
-            UpgradeError::Install(format!("{e}.{tail}")),
-            Some(&progress),
-        );
+        let err = UpgradeError::Install(format!("{e}.{tail}"));
+        return Err(cx.fail(err, Some(progress)));
     }
     drop(barrier);
-    let switch_ms = switch_started.elapsed().as_secs_f64() * 1000.0;
+    let in_place = Instant::now();
     crate::sys::fault_point("checked");
     let removal = match txn::commit(&work, &mut staged.journal) {
         Ok(h) => Some(h),
@@ -383,156 +442,104 @@ pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
             None
         }
     };
-    let installed_ticks = sys::boot_ticks_now();
-    let window_ms = progress
+    let ms = |from: Instant| {
+        (in_place.duration_since(from).as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+    };
+    let switch_ms = ms(switch_started);
+    // The window a host sees: from the last old server's exit to the new
+    // env in place (the boundary inventory included).
+    let exit_to_switch_ms = progress.last_exit.map(ms);
+    let downtime_ms = progress
         .first_signal
         .map(|t| t.elapsed().as_secs_f64() * 1000.0);
-    cx.doc.insert(
-        "switch_ms".into(),
-        json!((switch_ms * 100.0).round() / 100.0),
-    );
+    cx.doc.insert("switch_ms".into(), json!(switch_ms));
     cx.doc
-        .insert("downtime_ms".into(), json!(window_ms.map(|w| w.round())));
+        .insert("exit_to_switch_ms".into(), json!(exit_to_switch_ms));
+    cx.doc
+        .insert("downtime_ms".into(), json!(downtime_ms.map(|w| w.round())));
     cx.ui.event(
         "switched",
-        json!({"spec": spec, "version": version, "switch_ms": switch_ms, "downtime_ms": window_ms}),
+        json!({"version": staged.journal.version, "switch_ms": switch_ms, "exit_to_switch_ms": exit_to_switch_ms, "downtime_ms": downtime_ms}),
     );
-    cx.ui
-        .event("installed", json!({"spec": spec, "downtime_ms": window_ms}));
+    Ok(Switched {
+        installed_ticks: sys::boot_ticks_now(),
+        downtime_ms,
+        removal,
+    })
+}
 
-    // Retire whatever of the old generation is still (or again) running.
-    let mut remaining = Vec::new();
-    if !s.skip_pkill {
-        for _ in 0..3 {
-            let inv = cx.inventory("post-install");
-            let (old, new) = verify::split_generations(&inv, installed_ticks);
-            // A process that started after the install runs the new code,
-            // whatever else is unclear about it.
-            let problems = verify::old_generation_problems(&inv, installed_ticks);
-            if !problems.is_empty() {
-                cx.doc.insert("reinstalled".into(), json!(spec));
-                cx.doc.insert("cleanup_complete".into(), json!(false));
-                let msg = format!(
-                    "{}\nThe package was reinstalled, but process generation cleanup is incomplete: stop and restart every memtomem server and `mm web` manually.",
-                    refusal_text(&problems)
-                );
-                return cx.fail(UpgradeError::Verify(msg), Some(&progress));
-            }
-            if old.is_empty() {
-                // What `status` would say of the survivors: started after the
-                // install, but still mapping deleted files of the installation
-                // or running another installation's interpreter.
-                let stale: Vec<String> = new
-                    .iter()
-                    .filter_map(|i| {
-                        let (stale, ev) = crate::status::classify(
-                            i.pid?,
-                            0.0,
-                            None,
-                            cx.install.env_dir.as_deref(),
-                        );
-                        stale.then(|| format!("pid {}: {}", i.pid.unwrap_or(0), ev.join("; ")))
-                    })
-                    .collect();
-                if !stale.is_empty() {
-                    cx.doc.insert("reinstalled".into(), json!(spec));
-                    cx.doc.insert("cleanup_complete".into(), json!(false));
-                    let msg = format!(
-                        "memtomem {spec} is installed, but stale code still runs: {}",
-                        stale.join(" | ")
-                    );
-                    return cx.fail(UpgradeError::Verify(msg), Some(&progress));
-                }
-                remaining.clear();
-                break;
-            }
-            let recs = stop_instances(&mut cx, &old, cfg);
-            progress.records.extend(recs);
-            clean::after_stop(
-                &old,
-                &progress.records,
-                &mut progress.removed,
-                &mut cx.warnings,
-                cx.ui,
-            );
-            remaining = old;
-        }
-        if !remaining.is_empty() {
-            let final_inv = cx.inventory("final");
-            let (old, _) = verify::split_generations(&final_inv, installed_ticks);
-            remaining = old;
-        }
-    }
-    if !remaining.is_empty() {
+/// Retire whatever of the old generation is still (or again) running, and
+/// refuse to call the job done while old code runs.
+fn retire_old_generation(
+    cx: &mut Ctx,
+    installed_ticks: u64,
+    spec: &str,
+    progress: &mut Progress,
+    cfg: StopConfig,
+) -> Result<(), u8> {
+    let incomplete = |cx: &mut Ctx| {
         cx.doc.insert("reinstalled".into(), json!(spec));
         cx.doc.insert("cleanup_complete".into(), json!(false));
-        cx.doc.insert("remaining".into(), json!(remaining));
-        let list = remaining.iter().filter_map(|i| i.pid).collect::<Vec<_>>();
-        let msg = format!(
-            "memtomem {spec} is installed, but old-generation pid {} still runs; stop it manually",
-            join(&list)
-        );
-        return cx.fail(UpgradeError::Verify(msg), Some(&progress));
-    }
-
-    if let Some(h) = removal {
-        let _ = h.join();
-    }
-    let db_holder = s
-        .paths
-        .store_path()
-        .and_then(|db| crate::dblock::write_lock_holder(&db).map(|pid| (db, pid)));
-    if let Some((db, pid)) = &db_holder {
-        let who = if *pid > 0 {
-            format!("pid {pid}")
-        } else {
-            "another process".into()
-        };
-        cx.warnings.push(format!(
-            "{who} still holds a write lock on {} — it keeps running the previous version until it exits; restart it",
-            db.display()
-        ));
-    }
-
-    if let Some(sig) = crate::interrupt::requested() {
-        cx.warnings.push(format!(
-            "{} arrived during the upgrade; it was held until the upgrade finished, so nothing is left half-done",
-            crate::interrupt::name(sig)
-        ));
-    }
-    let killed = progress.killed();
-    let d = &mut cx.doc;
-    d.insert("ok".into(), json!(true));
-    d.insert("killed".into(), json!(killed));
-    d.insert("removed".into(), progress.removed_json());
-    d.insert("reinstalled".into(), json!(spec));
-    d.insert("extras".into(), json!(extras));
-    d.insert("version".into(), json!(version));
-    d.insert("db_lock_warning".into(), json!(db_holder.is_some()));
-    d.insert("cleanup_complete".into(), json!(true));
-    d.insert("stops".into(), json!(progress.records));
-    if s.skip_pkill {
-        d.insert(
-            "kept".into(),
-            json!(plan.kept.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
+    };
+    for _ in 0..3 {
+        let inv = cx.inventory("post-install");
+        let (old, new) = verify::split_generations(&inv, installed_ticks);
+        // A process that started after the install runs the new code,
+        // whatever else is unclear about it.
+        let problems = verify::old_generation_problems(&inv, installed_ticks);
+        if !problems.is_empty() {
+            incomplete(cx);
+            let msg = format!(
+                "{}\nThe package was reinstalled, but process generation cleanup is incomplete: stop and restart every memtomem server and `mm web` manually.",
+                refusal_text(&problems)
+            );
+            return Err(cx.fail(UpgradeError::Verify(msg), Some(progress)));
+        }
+        if old.is_empty() {
+            // What `status` would say of the survivors: started after the
+            // install, but still mapping deleted files of the installation
+            // or running another installation's interpreter.
+            let stale: Vec<String> = new
+                .iter()
+                .filter_map(|i| {
+                    let (stale, ev) =
+                        crate::status::classify(i.pid?, 0.0, None, cx.install.env_dir.as_deref());
+                    stale.then(|| format!("pid {}: {}", i.pid.unwrap_or(0), ev.join("; ")))
+                })
+                .collect();
+            if !stale.is_empty() {
+                incomplete(cx);
+                let msg = format!(
+                    "memtomem {spec} is installed, but stale code still runs: {}",
+                    stale.join(" | ")
+                );
+                return Err(cx.fail(UpgradeError::Verify(msg), Some(progress)));
+            }
+            return Ok(());
+        }
+        let recs = stop_instances(cx, &old, cfg);
+        progress.records.extend(recs);
+        clean::after_stop(
+            &old,
+            &progress.records,
+            &mut progress.removed,
+            &mut cx.warnings,
+            cx.ui,
         );
     }
-    match killed.as_slice() {
-        [] => {}
-        [one] => cx.ui.say(format!("\nStopped pid {one}.")),
-        many => cx.ui.say(format!("\nStopped pids {}.", join(many))),
+    let final_inv = cx.inventory("final");
+    let (remaining, _) = verify::split_generations(&final_inv, installed_ticks);
+    if remaining.is_empty() {
+        return Ok(());
     }
-    for r in progress.removed.clone() {
-        cx.ui.say(format!("Removed {}.", r.display()));
-    }
-    let window = window_ms
-        .map(|w| format!(" (servers down for {w:.0} ms)"))
-        .unwrap_or_default();
-    let from = prev.map(|p| format!("{p} → ")).unwrap_or_default();
-    let to = version.as_deref().unwrap_or("?");
-    cx.ui
-        .say(format!("Installed memtomem {from}{to} ({spec}){window}."));
-    cx.finish(exit::OK)
+    incomplete(cx);
+    cx.doc.insert("remaining".into(), json!(remaining));
+    let list = remaining.iter().filter_map(|i| i.pid).collect::<Vec<_>>();
+    let msg = format!(
+        "memtomem {spec} is installed, but old-generation pid {} still runs; stop it manually",
+        join(&list)
+    );
+    Err(cx.fail(UpgradeError::Verify(msg), Some(progress)))
 }
 
 fn stop_instances(

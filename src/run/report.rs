@@ -22,6 +22,8 @@ pub(super) struct Progress {
     pub(super) records: Vec<StopRecord>,
     pub(super) removed: Vec<PathBuf>,
     pub(super) first_signal: Option<Instant>,
+    /// When the last stop round returned (every target's exit confirmed).
+    pub(super) last_exit: Option<Instant>,
 }
 
 impl Progress {
@@ -275,4 +277,113 @@ pub(super) fn fmt_secs(d: Duration) -> String {
     } else {
         format!("{s}")
     }
+}
+
+/// `--dry-run`: the plan as upstream's keys (`would_*`), nothing changed.
+pub(super) fn dry_run(cx: &mut Ctx, plan: &Plan, inv: &Inventory, extras: &[String]) -> u8 {
+    let problems = inv.all_problems();
+    let d = &mut cx.doc;
+    d.insert("ok".into(), json!(problems.is_empty()));
+    d.insert("dry_run".into(), json!(true));
+    d.insert("inventory_complete".into(), json!(problems.is_empty()));
+    d.insert(
+        "would_kill".into(),
+        json!(plan.stops.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
+    );
+    d.insert(
+        "would_remove".into(),
+        json!(plan
+            .would_remove()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()),
+    );
+    d.insert("would_install".into(), json!(plan.install_argv()));
+    d.insert("extras".into(), json!(extras));
+    d.insert("version".into(), json!(cx.s.version));
+    d.insert("processes".into(), json!(inv.instances));
+    if !plan.kept.is_empty() {
+        d.insert(
+            "would_keep".into(),
+            json!(plan.kept.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
+        );
+    }
+    if !problems.is_empty() {
+        let msg = refusal_text(&problems);
+        d.insert("error".into(), json!(msg));
+        if !cx.ui.json {
+            cx.ui.say(&msg);
+        }
+        return cx.finish(crate::exit::REFUSED);
+    }
+    cx.finish(crate::exit::OK)
+}
+
+/// The upgrade is done: what was stopped and removed, old → new version.
+pub(super) fn success(
+    cx: &mut Ctx,
+    plan: &Plan,
+    progress: &Progress,
+    extras: &[String],
+    previous: Option<&str>,
+    version: &str,
+    downtime_ms: Option<f64>,
+) -> u8 {
+    let s = cx.s;
+    let db_holder = s
+        .paths
+        .store_path()
+        .and_then(|db| crate::dblock::write_lock_holder(&db).map(|pid| (db, pid)));
+    if let Some((db, pid)) = &db_holder {
+        let who = if *pid > 0 {
+            format!("pid {pid}")
+        } else {
+            "another process".into()
+        };
+        cx.warnings.push(format!(
+            "{who} still holds a write lock on {} — it keeps running the previous version until it exits; restart it",
+            db.display()
+        ));
+    }
+    if let Some(sig) = crate::interrupt::requested() {
+        cx.warnings.push(format!(
+            "{} arrived during the upgrade; it was held until the upgrade finished, so nothing is left half-done",
+            crate::interrupt::name(sig)
+        ));
+    }
+    let killed = progress.killed();
+    let d = &mut cx.doc;
+    d.insert("ok".into(), json!(true));
+    d.insert("killed".into(), json!(killed));
+    d.insert("removed".into(), progress.removed_json());
+    d.insert("reinstalled".into(), json!(plan.spec));
+    d.insert("extras".into(), json!(extras));
+    d.insert("version".into(), json!(version));
+    d.insert("previous_version".into(), json!(previous));
+    d.insert("db_lock_warning".into(), json!(db_holder.is_some()));
+    d.insert("cleanup_complete".into(), json!(true));
+    d.insert("stops".into(), json!(progress.records));
+    if s.skip_pkill {
+        d.insert(
+            "kept".into(),
+            json!(plan.kept.iter().filter_map(|i| i.pid).collect::<Vec<_>>()),
+        );
+    }
+    match killed.as_slice() {
+        [] => {}
+        [one] => cx.ui.say(format!("\nStopped pid {one}.")),
+        many => cx.ui.say(format!("\nStopped pids {}.", join(many))),
+    }
+    for r in &progress.removed {
+        cx.ui.say(format!("Removed {}.", r.display()));
+    }
+    let window = downtime_ms
+        .map(|w| format!(" (servers down for {w:.0} ms)"))
+        .unwrap_or_default();
+    let from = previous.map(|p| format!("{p} → ")).unwrap_or_default();
+    cx.ui.say(format!(
+        "Installed memtomem {from}{version} ({}){window}.",
+        plan.spec
+    ));
+    cx.finish(crate::exit::OK)
 }
