@@ -308,8 +308,8 @@ fn ready_to_switch(
             return Err(refuse(cx, staged, err));
         }
     }
-    if let Err(e) = txn::journal::store(&layout.work(), &staged.journal) {
-        let msg = format!("cannot write the journal: {e}; nothing was changed");
+    if let Err(e) = txn::arm(&layout.work(), &mut staged.journal) {
+        let msg = format!("{e}; nothing was changed");
         return Err(refuse(cx, staged, UpgradeError::Install(msg)));
     }
     Ok(())
@@ -412,8 +412,7 @@ fn switch(
         ));
     }
     let work = layout.work();
-    let switched =
-        txn::switch(&work, &mut staged.journal).and_then(|()| txn::check_in_place(&staged.journal));
+    let switched = txn::switch(&staged.journal).and_then(|()| txn::check_in_place(&staged.journal));
     if let Err(e) = switched {
         let tail = match txn::rollback(&work, &mut staged.journal) {
             Ok(()) => {

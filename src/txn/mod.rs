@@ -287,18 +287,23 @@ pub fn apply_links(links: &[Link]) -> Result<(), String> {
             },
         }
     }
-    if let Some(dir) = links.first().and_then(|l| l.path.parent()) {
-        let _ = journal::sync_dir(dir);
-    }
     Ok(())
 }
 
-/// Put the staged environment at the real path: one atomic exchange (or a
-/// no-replace rename for a first install). The journal says `switching`
-/// before, so a crash in between is resolved by the inodes.
-pub fn switch(work: &Path, j: &mut Journal) -> Result<(), String> {
+/// Mark the transaction `switching` (durably) before the servers are
+/// stopped, so the switch window itself holds no fsync: a crash before the
+/// exchange leaves the old env in place, and the inodes tell recovery which
+/// way to go.
+pub fn arm(work: &Path, j: &mut Journal) -> Result<(), String> {
     j.state = State::Switching;
-    journal::store(work, j).map_err(|e| format!("cannot write the journal: {e}"))?;
+    journal::store(work, j).map_err(|e| format!("cannot write the journal: {e}"))
+}
+
+/// Put the staged environment at the real path: one atomic exchange (or a
+/// no-replace rename for a first install), then the entry points. Needs an
+/// [`arm`]ed journal; durability comes with [`commit`].
+pub fn switch(j: &Journal) -> Result<(), String> {
+    debug_assert_eq!(j.state, State::Switching);
     fault_point("switching");
     swap(j)?;
     fault_point("exchanged");
@@ -322,11 +327,7 @@ fn swap(j: &Journal) -> Result<(), String> {
             j.env.display(),
             j.stage_env.display()
         )
-    })?;
-    if let Some(p) = j.env.parent() {
-        let _ = journal::sync_dir(p);
-    }
-    Ok(())
+    })
 }
 
 /// The new environment, in place: its interpreter link resolves, the
@@ -360,6 +361,16 @@ pub fn check_in_place(j: &Journal) -> Result<(), String> {
 /// The new environment stays: mark it so, then remove the old one (now at
 /// the staging path) on a thread, overlapping whatever comes next.
 pub fn commit(work: &Path, j: &mut Journal) -> Result<std::thread::JoinHandle<()>, String> {
+    // The exchange and the links become durable before the journal says so.
+    for dir in [
+        j.env.parent(),
+        j.new_links.first().and_then(|l| l.path.parent()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        journal::sync_dir(dir).map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+    }
     j.state = State::Committed;
     journal::store(work, j).map_err(|e| format!("cannot write the journal: {e}"))?;
     fault_point("committed");
@@ -390,6 +401,9 @@ pub fn rollback(work: &Path, j: &mut Journal) -> Result<(), String> {
         swap(j)?;
     }
     apply_links(&j.old_links)?;
+    if let Some(p) = j.env.parent() {
+        let _ = journal::sync_dir(p);
+    }
     discard(work, j);
     Ok(())
 }

@@ -84,7 +84,8 @@ fn links(layout: &Layout) -> Vec<String> {
 fn switch_commit_leaves_only_the_new_env_and_its_links() {
     let (f, mut j) = fixture();
     let work = f.layout.work();
-    switch(&work, &mut j).unwrap();
+    arm(&work, &mut j).unwrap();
+    switch(&j).unwrap();
     assert_eq!(version_at(&f.layout).as_deref(), Some("0.6.12"));
     assert_eq!(links(&f.layout), ["mm", "new-only"]);
     check_in_place(&j).unwrap();
@@ -98,7 +99,8 @@ fn rollback_is_the_exchange_back() {
     let (f, mut j) = fixture();
     let work = f.layout.work();
     let old_ino = ino(&f.layout.env());
-    switch(&work, &mut j).unwrap();
+    arm(&work, &mut j).unwrap();
+    switch(&j).unwrap();
     rollback(&work, &mut j).unwrap();
     assert_eq!(
         ino(&f.layout.env()),
@@ -152,7 +154,8 @@ fn recovery_from_every_state_ends_with_one_complete_env() {
 fn a_switched_env_that_fails_the_check_is_rolled_back_on_recovery() {
     let (f, mut j) = fixture();
     let work = f.layout.work();
-    switch(&work, &mut j).unwrap();
+    arm(&work, &mut j).unwrap();
+    switch(&j).unwrap();
     // The new env lost its interpreter after the switch (a crash mid-write, a
     // hand edit): recovery must not roll forward onto it.
     fs::remove_file(f.layout.env().join("bin/python")).unwrap();
@@ -180,7 +183,8 @@ fn first_install_moves_the_staged_env_in() {
     let work = f.layout.work();
     fs::remove_dir_all(f.layout.env()).unwrap();
     j.old_ino = None;
-    switch(&work, &mut j).unwrap();
+    arm(&work, &mut j).unwrap();
+    switch(&j).unwrap();
     assert_eq!(version_at(&f.layout).as_deref(), Some("0.6.12"));
     rollback(&work, &mut j).unwrap();
     assert!(!f.layout.env().exists());
