@@ -151,19 +151,50 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     assert_eq!(doc["killed"], serde_json::json!([pid]));
     assert_eq!(doc["removed"][0], serde_json::json!(server.pid_file()));
     assert_eq!(doc["reinstalled"], "memtomem==0.6.12");
+    assert_eq!(doc["version"], "0.6.12");
+    assert_eq!(doc["staged"]["version"], "0.6.12", "{doc}");
+    assert_eq!(doc["proof"]["initialize"]["version"], "0.6.12", "{doc}");
+    assert!(doc["switch_ms"].as_f64().is_some(), "{doc}");
     assert_eq!(doc["stops"][0]["signals"], serde_json::json!(["SIGTERM"]));
     assert!(!server.alive());
     assert!(!exists(&server.pid_file()));
-    let log = sb.uv_log();
-    assert!(
-        log.contains("tool install --refresh memtomem==0.6.12\n"),
-        "prepared first: {log}"
-    );
-    assert!(
-        log.ends_with("tool install --offline --reinstall-package memtomem memtomem==0.6.12\n"),
-        "{log}"
-    );
     assert!(server.events().contains("\"signal\":\"SIGTERM\""));
+    // One uv call, into a staging dir (the stand-in refuses any other).
+    assert_eq!(
+        sb.uv_installs(),
+        ["tool install --refresh-package memtomem memtomem==0.6.12"]
+    );
+    // What uv would have installed in place: the new env, its receipt naming
+    // the real bin dir, console scripts naming the real env, the link.
+    assert_eq!(sb.installed_versions(), ["0.6.12"]);
+    let receipt = sb.receipt();
+    assert!(
+        receipt.contains("{ name = \"memtomem\", specifier = \"==0.6.12\" }"),
+        "{receipt}"
+    );
+    assert!(
+        receipt.contains(&format!(
+            "install-path = \"{}\"",
+            sb.path("bin/memtomem-server").display()
+        )),
+        "{receipt}"
+    );
+    let script = fs::read_to_string(sb.env_dir().join("bin/memtomem-server")).unwrap();
+    assert!(
+        script.contains(&format!("for {}/bin/python", sb.env_dir().display())),
+        "{script}"
+    );
+    for (path, what) in sb.installation() {
+        assert!(
+            !what.contains(".mm-upgrade"),
+            "{path} names the staging dir: {what}"
+        );
+    }
+    assert_eq!(
+        fs::read_link(sb.path("bin/memtomem-server")).unwrap(),
+        sb.env_dir().join("bin/memtomem-server")
+    );
+    assert!(!exists(&sb.work_dir()), "the staging dir is gone");
 }
 
 #[test]
@@ -181,17 +212,18 @@ fn human_output_names_the_pid_and_the_file() {
                     server.pid_file().display()
                 )))
                 .and(predicate::str::contains(
-                    "Reinstalled memtomem[all]==0.6.12",
+                    "Installed memtomem 0.6.11 → 0.6.12 (memtomem[all]==0.6.12) (servers down for ",
                 )),
         );
 }
 
 #[test]
-fn a_version_that_cannot_be_prepared_leaves_the_server_running() {
+fn a_version_that_cannot_be_staged_leaves_the_server_running() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
+    let before = sb.installation();
     let doc = json_run(
-        sb.upgrader().env("FAKE_UV_MODE", "fail-prepare").args([
+        sb.upgrader().env("FAKE_UV_MODE", "no-such-version").args([
             "-y",
             "--json",
             "--version",
@@ -206,15 +238,16 @@ fn a_version_that_cannot_be_prepared_leaves_the_server_running() {
     assert!(doc["stderr"].as_str().unwrap().contains("99.99.99"));
     assert!(server.alive());
     assert!(exists(&server.pid_file()));
-    assert!(!sb.uv_log().contains("--reinstall"));
+    assert_eq!(sb.installation(), before);
 }
 
 #[test]
-fn a_failed_install_is_rolled_back_to_the_previous_installation() {
+fn a_failed_staging_stops_nothing_and_leaves_the_installation_as_it_was() {
     let sb = Sandbox::new();
-    let _server = sb.server("s", &[]);
+    let server = sb.server("s", &[]);
+    let before = sb.installation();
     let doc = json_run(
-        sb.upgrader().env("FAKE_UV_MODE", "delete-then-fail").args([
+        sb.upgrader().env("FAKE_UV_MODE", "fail-install").args([
             "-y",
             "--json",
             "--version",
@@ -222,13 +255,167 @@ fn a_failed_install_is_rolled_back_to_the_previous_installation() {
         ]),
         5,
     );
+    let err = doc["error"].as_str().unwrap();
+    assert!(
+        err.contains("cannot install memtomem[all]==0.6.12"),
+        "{err}"
+    );
+    assert!(err.contains("Nothing was stopped"), "{err}");
+    assert!(doc["stderr"].as_str().unwrap().contains("install exploded"));
+    assert!(doc.get("killed").is_none(), "{doc}");
+    assert!(server.alive());
+    assert!(exists(&server.pid_file()));
+    assert!(!server.events().contains("\"signal\""));
+    // The old env, its receipt and the entry-point link: byte for byte.
+    assert_eq!(sb.installation(), before);
+    assert_eq!(sb.installed_versions(), ["0.6.11"]);
+    assert!(!exists(&sb.work_dir()), "no staging dir is left");
+}
+
+#[test]
+fn a_release_that_fails_its_proof_stops_nothing() {
+    for (mode, why) in [
+        ("broken-entry", "exited before answering initialize"),
+        ("broken-python", "does not run (exit status 1)"),
+    ] {
+        let sb = Sandbox::new();
+        let server = sb.server("s", &[]);
+        let before = sb.installation();
+        let doc = json_run(
+            sb.upgrader()
+                .env("FAKE_UV_MODE", mode)
+                .args(["-y", "--json", "--version", "0.6.12"]),
+            5,
+        );
+        let err = doc["error"].as_str().unwrap();
+        assert!(
+            err.contains("the staged memtomem 0.6.12 failed its proof")
+                && err.contains(why)
+                && err.contains("Nothing was stopped"),
+            "{mode}: {err}"
+        );
+        assert_eq!(sb.uv_installs().len(), 1, "{mode}: staged once");
+        assert!(server.alive(), "{mode}");
+        assert!(exists(&server.pid_file()), "{mode}");
+        assert!(!server.events().contains("\"signal\""), "{mode}");
+        assert_eq!(sb.installation(), before, "{mode}");
+        assert!(!exists(&sb.work_dir()), "{mode}: no staging dir is left");
+    }
+}
+
+#[test]
+fn a_new_environment_that_fails_its_check_in_place_is_exchanged_back() {
+    // uv names an entry point it never wrote: the proof (the metadata and
+    // the server answer) passes, the check after the switch does not.
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let before = sb.installation();
+    let doc = json_run(
+        sb.upgrader().env("FAKE_UV_MODE", "dangling-entry").args([
+            "-y",
+            "--json",
+            "--version",
+            "0.6.12",
+        ]),
+        5,
+    );
+    let err = doc["error"].as_str().unwrap();
+    assert!(err.contains("does not resolve"), "{err}");
+    assert!(err.contains("Rolled back"), "{err}");
     assert_eq!(doc["rolled_back"], true);
-    assert!(doc["error"].as_str().unwrap().contains("Rolled back"));
-    assert!(doc["stderr"].as_str().unwrap().contains("failed half-way"));
-    // The old entry point works again, at the same path.
-    let old = fs::read_to_string(sb.path("bin/memtomem-server")).unwrap();
-    assert!(old.contains("echo old"));
-    assert!(exists(&sb.path("tools/memtomem/uv-receipt.toml")));
+    assert_eq!(doc["killed"], serde_json::json!([server.pid()]));
+    assert!(!server.alive());
+    // The old env is back at its path (the same inode), and so are the links.
+    assert_eq!(sb.installation(), before);
+    assert!(!exists(&sb.path("bin/mm")));
+    assert!(!exists(&sb.work_dir()));
+}
+
+#[test]
+fn a_staging_that_outlasts_the_uv_timeout_stops_nothing() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let before = sb.installation();
+    let doc = json_run(
+        sb.upgrader().env("FAKE_UV_MODE", "slow-install").args([
+            "-y",
+            "--json",
+            "--uv-timeout",
+            "200ms",
+            "--version",
+            "0.6.12",
+        ]),
+        5,
+    );
+    let err = doc["error"].as_str().unwrap();
+    assert!(
+        err.contains("timed out") && err.contains("Nothing was stopped"),
+        "{err}"
+    );
+    assert!(server.alive());
+    assert_eq!(sb.installation(), before);
+    assert!(!exists(&sb.work_dir()));
+}
+
+#[test]
+fn an_entry_point_that_is_not_uvs_link_is_refused_before_anything_stops() {
+    let elsewhere = |sb: &Sandbox| {
+        let other = sb.path("other-memtomem-server");
+        fs::write(&other, "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(&other, sb.path("bin/memtomem-server")).unwrap();
+        "links to"
+    };
+    let a_file = |sb: &Sandbox| {
+        fs::write(sb.path("bin/memtomem-server"), "#!/bin/sh\necho mine\n").unwrap();
+        "is a file"
+    };
+    let cases: [&dyn Fn(&Sandbox) -> &'static str; 2] = [&elsewhere, &a_file];
+    for replace in cases {
+        let sb = Sandbox::new();
+        fs::remove_file(sb.path("bin/memtomem-server")).unwrap();
+        let why = replace(&sb);
+        let server = sb.server("s", &[]);
+        let before = sb.installation();
+        let doc = json_run(
+            sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
+            3,
+        );
+        let err = doc["error"].as_str().unwrap();
+        assert!(
+            err.contains(why) && err.contains("refusing to replace it"),
+            "{err}"
+        );
+        assert!(err.contains(&sb.path("bin/memtomem-server").display().to_string()));
+        assert!(server.alive(), "{err}");
+        assert!(!server.events().contains("\"signal\""), "{err}");
+        assert_eq!(sb.installation(), before, "{err}");
+        assert!(!exists(&sb.work_dir()), "{err}");
+    }
+}
+
+#[test]
+fn a_hostile_receipt_is_refused_before_uv_runs() {
+    let sb = Sandbox::new();
+    let receipt = sb.receipt().replace(
+        "{ name = \"memtomem\", extras = [\"all\"] }",
+        "{ name = \"memtomem\", specifier = \"@ https://evil.example/x.whl\" }",
+    );
+    assert!(receipt.contains("evil"), "{receipt}");
+    fs::write(sb.env_dir().join("uv-receipt.toml"), &receipt).unwrap();
+    let server = sb.server("s", &[]);
+    let before = sb.installation();
+    let doc = json_run(
+        sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
+        3,
+    );
+    let err = doc["error"].as_str().unwrap();
+    assert!(
+        err.contains("uv-receipt.toml") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(sb.uv_installs().is_empty(), "{}", sb.uv_log());
+    assert!(server.alive());
+    assert_eq!(sb.installation(), before);
 }
 
 #[test]
@@ -239,7 +426,11 @@ fn uv_failure_is_reported_with_its_stderr() {
         .args(["-y", "--version", "0.6.12"])
         .assert()
         .code(5)
-        .stderr(predicate::str::contains("install exploded").and(predicate::str::contains("rc=2")));
+        .stderr(
+            predicate::str::contains("install exploded")
+                .and(predicate::str::contains("rc=2"))
+                .and(predicate::str::contains("Nothing was stopped")),
+        );
 }
 
 #[test]
@@ -303,17 +494,31 @@ fn a_pid_file_naming_pid_1_is_refused_and_nothing_is_signalled() {
 
 #[test]
 fn a_second_run_is_refused_while_one_holds_the_run_lock() {
+    // The run lock is uv's own lock on its tool dir: a concurrent `uv tool
+    // install` or a second mm-upgrade (whatever its runtime dir) holds it.
     let sb = Sandbox::new();
-    let lock = fs::File::create(sb.rt().join("mm-upgrade.lock")).unwrap();
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
-    );
+    let server = sb.server("s", &[]);
+    let lock = sb.path("tools/.lock");
+    let before = sb.installation();
+    let holder = common::FlockHolder::hold(&lock);
     sb.upgrader()
         .args(["-y", "--version", "0.6.12"])
         .assert()
         .code(3)
-        .stderr(predicate::str::contains("another mm-upgrade"));
+        .stderr(
+            predicate::str::contains("another uv tool command or mm-upgrade run holds")
+                .and(predicate::str::contains(lock.display().to_string())),
+        );
+    assert!(server.alive());
+    assert!(sb.uv_installs().is_empty());
+    assert_eq!(sb.installation(), before);
+    // Released, the same run goes through.
+    drop(holder);
+    sb.upgrader()
+        .args(["-y", "--version", "0.6.12"])
+        .assert()
+        .code(0);
+    assert_eq!(sb.installed_versions(), ["0.6.12"]);
 }
 
 #[test]
@@ -329,7 +534,12 @@ fn skip_pkill_reinstalls_and_lists_what_keeps_running_old_code() {
                 .and(predicate::str::contains("keeps running the old code")),
         );
     assert!(server.alive());
-    assert!(sb.uv_log().contains("--reinstall"));
+    assert!(!server.events().contains("\"signal\""));
+    assert_eq!(
+        sb.uv_installs(),
+        ["tool install --refresh-package memtomem memtomem[all]==0.6.12"]
+    );
+    assert_eq!(sb.installed_versions(), ["0.6.12"]);
 }
 
 #[test]
@@ -358,11 +568,18 @@ fn events_stream_tells_the_story_in_order() {
             .position(|x| x == k)
             .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
     };
-    assert!(pos("discovered") < pos("prepared"));
-    assert!(pos("prepared") < pos("signalled"));
-    assert!(pos("signalled") < pos("exited"));
-    assert!(pos("exited") < pos("unlinked"));
-    assert!(pos("unlinked") < pos("installed"));
+    let last = |k: &str| kinds.iter().rposition(|x| x == k).unwrap();
+    // Staged and proven while the server still runs; switched after it exited.
+    assert!(pos("discovered") < pos("staged"), "{kinds:?}");
+    assert!(pos("staged") < pos("proven"), "{kinds:?}");
+    assert!(pos("proven") < pos("relocated"), "{kinds:?}");
+    assert!(pos("relocated") < pos("signalling"), "{kinds:?}");
+    assert!(pos("signalling") < pos("signalled"), "{kinds:?}");
+    assert!(pos("signalled") < pos("exited"), "{kinds:?}");
+    assert!(pos("exited") < pos("unlinked"), "{kinds:?}");
+    assert!(last("exited") < pos("switched"), "{kinds:?}");
+    assert!(last("unlinked") < pos("switched"), "{kinds:?}");
+    assert!(pos("switched") < pos("installed"), "{kinds:?}");
     assert!(text.contains(&format!("\"pid\":{}", server.pid())));
     assert!(text.contains("\"via\":\"pidfd\""));
 }
@@ -492,24 +709,32 @@ fn output_to_a_full_or_closed_stdout_or_stderr_never_panics() {
 #[test]
 fn a_failing_upgrade_does_the_same_with_stdout_and_stderr_full() {
     // The failure paths print uv's stderr; a write error there must not
-    // panic past the rollback or change the outcome.
-    for (mode, version) in [("fail-prepare", "99.99.99"), ("delete-then-fail", "0.6.12")] {
+    // panic past the discard or the rollback, or change the outcome.
+    for (mode, version) in [
+        ("no-such-version", "99.99.99"),
+        ("fail-install", "0.6.12"),
+        ("broken-entry", "0.6.12"),
+        ("dangling-entry", "0.6.12"),
+    ] {
         let mut outcomes = vec![];
         for (out, err) in [(Sink::Captured, Sink::Captured), (Sink::Full, Sink::Full)] {
             let sb = Sandbox::new();
             let server = sb.server("s", &[]);
+            let before = sb.installation();
             let mut cmd = sb.upgrader_std();
             cmd.env("FAKE_UV_MODE", mode)
                 .args(["-y", "--version", version]);
             let (code, stderr) = run_to(cmd, out, err);
             assert_ne!(code, 101, "{mode} {out:?}: {stderr}");
+            assert_eq!(sb.installation(), before, "{mode} {out:?}: {stderr}");
+            assert!(!exists(&sb.work_dir()), "{mode} {out:?}: {stderr}");
             let mut uv_calls: Vec<String> = sb.uv_log().lines().map(str::to_string).collect();
             uv_calls.sort();
             outcomes.push((
                 code,
                 server.alive(),
                 exists(&server.pid_file()),
-                fs::read_to_string(sb.path("bin/memtomem-server")).ok(),
+                sb.installed_versions(),
                 uv_calls,
             ));
         }
@@ -654,13 +879,14 @@ fn finish(mut up: Upgrader) -> (i32, serde_json::Value) {
 }
 
 #[test]
-fn ctrl_c_while_preparing_stops_uv_and_changes_nothing() {
+fn ctrl_c_while_staging_stops_uv_and_changes_nothing() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
-    let up = spawn_upgrader(&sb, "hang-prepare");
-    common::wait_for("the prepare call", || {
-        sb.uv_log().contains("install --refresh memtomem")
-    });
+    let before = sb.installation();
+    let up = spawn_upgrader(&sb, "hang-install");
+    // uv has written half an env into the staging dir and hangs.
+    common::wait_for("the staging call", || exists(&sb.path("uv.hanging")));
+    assert!(exists(&sb.work_dir()));
     unsafe { libc::kill(up.0.id() as i32, libc::SIGINT) };
     let (code, doc) = finish(up);
     assert_eq!(code, 130, "{doc}");
@@ -671,18 +897,27 @@ fn ctrl_c_while_preparing_stops_uv_and_changes_nothing() {
             .contains("interrupted by SIGINT"),
         "{doc}"
     );
+    assert!(doc["error"]
+        .as_str()
+        .unwrap()
+        .contains("Nothing was stopped"));
     assert!(server.alive());
     assert!(exists(&server.pid_file()));
-    assert!(!sb.uv_log().contains("--reinstall"));
+    assert!(!server.events().contains("\"signal\""));
+    assert_eq!(sb.uv_installs().len(), 1);
+    assert_eq!(sb.installation(), before);
+    assert!(!exists(&sb.work_dir()), "the staging dir is gone");
 }
 
 #[test]
-fn ctrl_c_during_the_install_is_held_until_the_upgrade_is_done() {
+fn ctrl_c_during_the_stop_and_switch_is_held_until_the_upgrade_is_done() {
     let sb = Sandbox::new();
-    let server = sb.server("s", &[]);
-    let up = spawn_upgrader(&sb, "slow-install");
-    common::wait_for("the install call", || {
-        sb.uv_log().contains("--reinstall-package")
+    // On SIGTERM it stays up (and locked) for a while: the window in which
+    // the interrupt arrives.
+    let server = sb.server("s", &["--mode", "slow-shutdown=1500"]);
+    let up = spawn_upgrader(&sb, "ok");
+    common::wait_for("the server to be signalled", || {
+        server.events().contains("\"signal\":\"SIGTERM\"")
     });
     unsafe { libc::kill(up.0.id() as i32, libc::SIGINT) };
     let (code, doc) = finish(up);
@@ -694,48 +929,50 @@ fn ctrl_c_during_the_install_is_held_until_the_upgrade_is_done() {
             .contains("held until the upgrade finished"),
         "{doc}"
     );
-    assert!(exists(&sb.path(
-        "tools/memtomem/lib/python3.12/site-packages/memtomem-0.6.12.dist-info"
-    )));
+    assert_eq!(sb.installed_versions(), ["0.6.12"]);
+    assert_eq!(
+        fs::read_link(sb.path("bin/memtomem-server")).unwrap(),
+        sb.env_dir().join("bin/memtomem-server")
+    );
+    assert!(!exists(&sb.work_dir()), "nothing is left half-done");
 }
 
 #[test]
-fn prepare_uses_the_installed_interpreter_and_a_cache_miss_retries_online() {
+fn staging_keeps_the_receipts_python_and_with_requirements() {
     let sb = Sandbox::new();
-    let python = sb.path("tools/memtomem/bin/python");
-    fs::write(&python, "").unwrap();
+    // What `uv tool install --python /x/python3.12 --with packaging
+    // memtomem[all]` recorded.
+    let receipt = sb.receipt().replace(
+        "requirements = [\n    { name = \"memtomem\", extras = [\"all\"] },\n]\n",
+        "requirements = [\n    { name = \"memtomem\", extras = [\"all\"] },\n    { name = \"packaging\" },\n]\npython = \"/x/python3.12\"\n",
+    );
+    assert!(receipt.contains("packaging"), "{receipt}");
+    fs::write(sb.env_dir().join("uv-receipt.toml"), &receipt).unwrap();
     let server = sb.server("s", &[]);
     let doc = json_run(
-        sb.upgrader().env("FAKE_UV_MODE", "offline-miss").args([
-            "-y",
-            "--json",
-            "--version",
-            "0.6.12",
-        ]),
+        sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
         0,
     );
-    let log = sb.uv_log();
-    assert!(
-        log.contains(&format!(
-            "tool install --refresh --python {} memtomem[all]==0.6.12",
-            python.display()
-        )),
-        "{log}"
-    );
-    assert!(
-        log.contains("--offline --reinstall-package memtomem memtomem[all]==0.6.12"),
-        "{log}"
-    );
-    assert!(
-        log.trim_end()
-            .ends_with("tool install --reinstall-package memtomem memtomem[all]==0.6.12"),
-        "{log}"
-    );
-    assert!(
-        doc["warnings"].to_string().contains("retried online"),
-        "{doc}"
-    );
     assert_eq!(doc["killed"], serde_json::json!([server.pid()]));
+    assert_eq!(
+        sb.uv_installs(),
+        ["tool install --refresh-package memtomem --python /x/python3.12 --with packaging memtomem[all]==0.6.12"]
+    );
+    // The new receipt keeps the user's choices, and names the real bin dir.
+    let new = sb.receipt();
+    assert!(
+        new.contains("{ name = \"memtomem\", extras = [\"all\"], specifier = \"==0.6.12\" }"),
+        "{new}"
+    );
+    assert!(new.contains("{ name = \"packaging\" }"), "{new}");
+    assert!(new.contains("python = \"/x/python3.12\""), "{new}");
+    assert!(
+        new.contains(&format!(
+            "install-path = \"{}\"",
+            sb.path("bin/memtomem-server").display()
+        )),
+        "{new}"
+    );
 }
 
 #[test]
@@ -743,11 +980,7 @@ fn stale_pid_files_are_removed_but_not_while_an_uninstall_holds_the_lifecycle_ba
     let sb = Sandbox::new();
     let stale = sb.rt().join("server-00000000000000aa.pid");
     fs::write(&stale, "4242\n\n2026-11-26T11:32:39+00:00\n").unwrap();
-    let barrier = fs::File::create(sb.rt().join("lifecycle.lock")).unwrap();
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&barrier), libc::LOCK_EX) },
-        0
-    );
+    let barrier = common::FlockHolder::hold(&sb.rt().join("lifecycle.lock"));
     let doc = json_run(
         sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
         0,
@@ -761,10 +994,12 @@ fn stale_pid_files_are_removed_but_not_while_an_uninstall_holds_the_lifecycle_ba
         "{doc}"
     );
     drop(barrier);
+    // The next release (the same one again may be a no-op that touches nothing).
     let doc = json_run(
-        sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
+        sb.upgrader().args(["-y", "--json", "--version", "0.6.13"]),
         0,
     );
+    assert_eq!(doc["version"], "0.6.13", "{doc}");
     assert!(!exists(&stale));
     assert_eq!(
         doc["killed"],
