@@ -12,9 +12,9 @@ use crate::install::{self, UvError};
 use crate::{exit, receipt, txn};
 
 /// Stage the new release beside the installed one and prove it: metadata,
-/// entry points and an MCP handshake from the staged copy, with the bytecode
-/// compiled meanwhile. Any failure discards the staging dir; nothing was
-/// stopped or changed.
+/// entry points and an MCP handshake from the staged copy, which also
+/// compiles the bytecode a server start needs. Any failure discards the
+/// staging dir; nothing was stopped or changed.
 pub(super) fn stage_and_prove(
     cx: &mut Ctx,
     uv: &install::Uv,
@@ -55,15 +55,24 @@ pub(super) fn stage_and_prove(
         "staged".into(),
         json!({"version": version, "ms": staged.elapsed.as_millis() as u64}),
     );
+    // The proof below checks the staged copy against itself; what it must be
+    // is what --version asked for.
+    if let Some(want) = cx.s.version.as_deref().filter(|w| !is_release(&version, w)) {
+        txn::discard(&layout.work(), &staged.journal);
+        let msg = format!("uv installed memtomem {version} instead of the requested {want}. Nothing was stopped; the installed memtomem is untouched.");
+        return Err(cx.fail(UpgradeError::Install(msg), None));
+    }
     let timeout = cx.s.uv_timeout;
     let env = staged.journal.stage_env.clone();
     let real = staged.journal.env.clone();
-    // Bytecode for the real path, overlapping the proof.
-    let compile = (!staged.compiled_by_uv).then(|| {
+    let handshake = !cx.s.no_verify;
+    // Without the handshake (which compiles what a start imports), compile
+    // everything for the real path, overlapping the metadata check.
+    let compile = (!handshake && !staged.compiled_by_uv).then(|| {
         let (env, real) = (env.clone(), real.clone());
         std::thread::spawn(move || txn::prove::compile_bytecode(&env, &real, timeout))
     });
-    let proof = prove_staged(&env, &version, !cx.s.no_verify, timeout);
+    let proof = prove_staged(&env, &version, handshake, timeout);
     let compiled = compile.map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())));
     let fail = |cx: &mut Ctx, staged: &txn::Staged, msg: String| {
         txn::discard(&layout.work(), &staged.journal);
@@ -108,6 +117,15 @@ pub(super) fn stage_and_prove(
         Err(e) => return Err(fail(cx, &staged, e)),
     };
     Ok(staged)
+}
+
+/// `got` is the release `want` names (PEP 440 equality: `1.0` is `1.0.0`).
+fn is_release(got: &str, want: &str) -> bool {
+    let plain = |s: &str| s.chars().all(|c| c.is_ascii_digit() || c == '.');
+    got.eq_ignore_ascii_case(want)
+        || (plain(got)
+            && plain(want)
+            && crate::version::compare(got, want) == Some(std::cmp::Ordering::Equal))
 }
 
 /// The proof of a staged environment, as a JSON record for the report.
@@ -188,4 +206,19 @@ pub(super) fn up_to_date(cx: &mut Ctx, version: &str) -> u8 {
         "memtomem {version} is already installed; nothing was stopped or changed (--reinstall reinstalls it anyway)."
     ));
     cx.finish(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_release;
+
+    #[test]
+    fn the_staged_version_must_be_the_requested_release() {
+        assert!(is_release("0.6.12", "0.6.12"));
+        assert!(is_release("1.0.0", "1.0"));
+        assert!(is_release("0.7.0RC1", "0.7.0rc1"));
+        assert!(!is_release("0.6.13", "0.6.12"));
+        assert!(!is_release("0.7.0rc1", "0.7.0"));
+        assert!(!is_release("0.7.0", "0.7.0.post1"));
+    }
 }

@@ -1,7 +1,8 @@
 //! Prove the staged environment before anything is stopped: its interpreter
 //! runs, its metadata says the target version, its console scripts resolve,
 //! and its server answers an MCP `initialize` with `serverInfo.version` equal
-//! to the target. The server runs with a scratch HOME, runtime dir and TMPDIR
+//! to the target. That handshake also compiles the bytecode of everything a
+//! server start imports. The server runs with a scratch HOME, runtime dir and TMPDIR
 //! and without the caller's `MEMTOMEM_*` settings, so it can never touch the
 //! user's store or runtime dir.
 
@@ -166,7 +167,11 @@ pub fn mcp_initialize(env: &Path, timeout: Duration) -> Result<Handshake, String
         .env("_MEMTOMEM_TEST_RUNTIME_DIR", s.join("rt"))
         .env("TMPDIR", s.join("tmp"))
         .env("XDG_RUNTIME_DIR", s.join("xdg"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
+        // The handshake's imports write the bytecode a real start needs
+        // (Python rewrites `co_filename` to the real path when it loads a
+        // `.pyc` after the switch): the first start after the switch
+        // compiles nothing, and no second process competes for the CPU.
+        .env_remove("PYTHONDONTWRITEBYTECODE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -285,7 +290,8 @@ pub fn mcp_initialize(env: &Path, timeout: Duration) -> Result<Handshake, String
 }
 
 /// Compile the staged environment's bytecode for the real path (`-s` strips
-/// the staging prefix, `-p` prepends the real one), on all cores.
+/// the staging prefix, `-p` prepends the real one), on all cores: when no
+/// handshake compiles what a start imports (`--no-verify`).
 pub fn compile_bytecode(
     stage_env: &Path,
     real_env: &Path,
