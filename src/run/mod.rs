@@ -93,12 +93,16 @@ fn pipeline(cx: &mut Ctx) -> Result<u8, u8> {
         "installed",
         json!({"spec": spec, "downtime_ms": switched.downtime_ms}),
     );
-    if !s.skip_pkill {
-        retire_old_generation(cx, switched.installed_ticks, &spec, &mut progress, cfg)?;
-    }
+    let retired = match s.skip_pkill {
+        true => Ok(()),
+        false => retire_old_generation(cx, switched.installed_ticks, &spec, &mut progress, cfg),
+    };
+    // The old env's removal overlapped the retirement; it ends before we do,
+    // whatever the outcome, so nothing is left in uv's tool dir.
     if let Some(h) = switched.removal {
         let _ = h.join();
     }
+    retired?;
     Ok(report::success(
         cx,
         &plan,
