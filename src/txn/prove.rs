@@ -185,8 +185,12 @@ pub fn mcp_initialize(env: &Path, timeout: Duration) -> Result<Handshake, String
     struct Group(i32);
     impl Drop for Group {
         fn drop(&mut self) {
-            // SAFETY: the child leads its own group (process_group(0)).
-            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+            // The child leads its own group (process_group(0)), so the
+            // group is ours: never a signal by name or to a stranger's group.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
     let _group = Group(pgid);
