@@ -57,14 +57,27 @@ pub struct Common {
         long,
         value_name = "DIR",
         env = "MM_UPGRADE_RUNTIME_DIR",
-        global = true
+        global = true,
+        help_heading = "Sandbox"
     )]
     pub runtime_dir: Option<PathBuf>,
     /// Home directory for ~/.memtomem (legacy pid file, default store) [default: $HOME].
-    #[arg(long, value_name = "DIR", env = "MM_UPGRADE_HOME", global = true)]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "MM_UPGRADE_HOME",
+        global = true,
+        help_heading = "Sandbox"
+    )]
     pub home: Option<PathBuf>,
     /// The uv executable [default: `uv` on PATH].
-    #[arg(long, value_name = "PATH", env = "MM_UPGRADE_UV", global = true)]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "MM_UPGRADE_UV",
+        global = true,
+        help_heading = "Sandbox"
+    )]
     pub uv: Option<PathBuf>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]

@@ -111,6 +111,24 @@ fn missing_uv_fails_before_stopping_anything() {
 }
 
 #[test]
+fn dry_run_without_uv_shows_the_plan_and_says_the_run_would_fail() {
+    let sb = Sandbox::new();
+    let out = sb
+        .upgrader()
+        .args(["--dry-run", "--uv", "/nonexistent/uv"])
+        .assert()
+        .code(5)
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("memtomem"), "no plan: {stdout}");
+    assert!(
+        stdout.contains("/nonexistent/uv") && stdout.contains("would stop nothing"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn dry_run_lists_the_server_and_changes_nothing() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
@@ -212,8 +230,14 @@ fn human_output_names_the_pid_and_the_file() {
                     server.pid_file().display()
                 )))
                 .and(predicate::str::contains(
-                    "Installed memtomem 0.6.11 → 0.6.12 (memtomem[all]==0.6.12) (servers down for ",
-                )),
+                    "Installed memtomem 0.6.11 → 0.6.12 (memtomem[all]==0.6.12) (",
+                ))
+                .and(predicate::str::contains(
+                    " ms from the first stop to the new version in place).",
+                ))
+                // The plan names both versions; nothing claims the servers are back.
+                .and(predicate::str::contains("upgrade plan: 0.6.11 → 0.6.12"))
+                .and(predicate::str::contains("needs a reconnect")),
         );
 }
 

@@ -49,9 +49,23 @@ fn pipeline(cx: &mut Ctx) -> Result<u8, u8> {
     }
     let inv = cx.inventory("initial");
     let plan = plan::plan(&inv, r.main_req.pep508(), r.argv.clone(), s.skip_pkill);
-    render_plan(cx, &plan, &r.extras, r.extras_source, s.extras.is_some());
+    render_plan(
+        cx,
+        &plan,
+        &r.extras,
+        r.extras_source,
+        s.extras.is_some(),
+        r.installed_version.as_deref(),
+    );
     if s.dry_run {
-        return Ok(report::dry_run(cx, &plan, &inv, &r.extras));
+        let uv_missing = r.uv_missing.clone();
+        return Ok(report::dry_run(
+            cx,
+            &plan,
+            &inv,
+            &r.extras,
+            uv_missing.as_deref(),
+        ));
     }
     confirm(cx, &inv)?;
     let (Some(uv), Some(layout)) = (r.uv.as_ref(), r.layout.as_ref()) else {
@@ -125,16 +139,19 @@ struct Resolved {
     extras_source: &'static str,
     main_req: receipt::Requirement,
     argv: Vec<String>,
+    /// Why uv could not be found (dry runs go on without it).
+    uv_missing: Option<String>,
     _tool_lock: Option<txn::ToolLock>,
 }
 
 fn resolve(cx: &mut Ctx) -> Result<Resolved, u8> {
     let s = cx.s;
     // uv first: without it nothing may be stopped.
+    let mut uv_missing = None;
     let uv = match install::Uv::locate(s.uv.as_deref(), s.path_var.as_deref(), s.uv_timeout) {
         Ok(uv) => Some(uv),
         Err(e) if s.dry_run => {
-            cx.warnings.push(e.to_string());
+            uv_missing = Some(e.to_string());
             None
         }
         Err(e) => {
@@ -249,6 +266,7 @@ fn resolve(cx: &mut Ctx) -> Result<Resolved, u8> {
         extras_source,
         main_req,
         argv,
+        uv_missing,
         _tool_lock: tool_lock,
     })
 }

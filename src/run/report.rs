@@ -196,13 +196,19 @@ pub(super) fn render_plan(
     extras: &[String],
     source: &str,
     explicit: bool,
+    installed: Option<&str>,
 ) {
     if cx.ui.json {
         return;
     }
     let home = cx.s.paths.home.clone();
     let t = |p: &Path| crate::pidfile::tilde(p, &home);
-    let mut lines = vec!["memtomem upgrade plan:".to_string()];
+    let target = cx.s.version.as_deref().unwrap_or("the latest release");
+    let head = match installed {
+        Some(v) => format!("memtomem upgrade plan: {v} → {target}"),
+        None => format!("memtomem is not installed: this installs {target}"),
+    };
+    let mut lines = vec![head];
     for i in &plan.stops {
         let pid = i.pid.map_or("?".into(), |p| p.to_string());
         let lock = i.source.as_deref().map_or("no pid file".into(), t);
@@ -280,7 +286,13 @@ pub(super) fn fmt_secs(d: Duration) -> String {
 }
 
 /// `--dry-run`: the plan as upstream's keys (`would_*`), nothing changed.
-pub(super) fn dry_run(cx: &mut Ctx, plan: &Plan, inv: &Inventory, extras: &[String]) -> u8 {
+pub(super) fn dry_run(
+    cx: &mut Ctx,
+    plan: &Plan,
+    inv: &Inventory,
+    extras: &[String],
+    uv_missing: Option<&str>,
+) -> u8 {
     let problems = inv.all_problems();
     let d = &mut cx.doc;
     d.insert("ok".into(), json!(problems.is_empty()));
@@ -315,6 +327,17 @@ pub(super) fn dry_run(cx: &mut Ctx, plan: &Plan, inv: &Inventory, extras: &[Stri
             cx.ui.say(&msg);
         }
         return cx.finish(crate::exit::REFUSED);
+    }
+    // The plan cannot be carried out without uv: say so, with the code the
+    // real run would end with (before stopping anything).
+    if let Some(e) = uv_missing {
+        let msg = format!("{e} A real run would stop nothing and fail.");
+        cx.doc.insert("ok".into(), json!(false));
+        cx.doc.insert("error".into(), json!(msg));
+        if !cx.ui.json {
+            cx.ui.say(format!("error: {msg}"));
+        }
+        return cx.finish(crate::exit::INSTALL_FAILED);
     }
     cx.finish(crate::exit::OK)
 }
@@ -377,13 +400,20 @@ pub(super) fn success(
     for r in &progress.removed {
         cx.ui.say(format!("Removed {}.", r.display()));
     }
+    // Nothing restarts a stopped server but its MCP host: say what the
+    // window was, not that the servers are back.
     let window = downtime_ms
-        .map(|w| format!(" (servers down for {w:.0} ms)"))
+        .map(|w| format!(" ({w:.0} ms from the first stop to the new version in place)"))
         .unwrap_or_default();
     let from = previous.map(|p| format!("{p} → ")).unwrap_or_default();
     cx.ui.say(format!(
         "Installed memtomem {from}{version} ({}){window}.",
         plan.spec
     ));
+    if !killed.is_empty() {
+        cx.ui.say(
+            "MCP hosts start the new version when they restart memtomem; a host that does not respawn its servers needs a reconnect (e.g. `/mcp` in Claude Code).",
+        );
+    }
     cx.finish(crate::exit::OK)
 }
