@@ -18,7 +18,6 @@ pub mod error;
 pub mod exit;
 pub mod install;
 pub mod interrupt;
-pub mod lock;
 pub mod paths;
 pub mod pidfile;
 pub mod plan;
