@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Benchmarks (issue 5): mm-upgrade against memtomem's own `mm upgrade`, side by side.
+# Benchmarks (issues 5 and 9): mm-upgrade against memtomem's own `mm upgrade`, side by side.
 #
-# Usage: bench/run.sh [--runs N] [--real-runs N] [--no-write] [--rows a,b,...]
-#   --runs N       alternating runs per row (default 7)
-#   --real-runs N  real-uv downtime runs (default 5; 0 skips the real install rows)
-#   --no-write     print the table only; do not update BENCHMARKS.md
-#   --rows LIST    only these rows: cooperative,cooperative-rollback,ignore-sigterm,zombie,eight,discovery
+# Usage: bench/run.sh [--runs N] [--real-runs N] [--mcp-runs N] [--no-write] [--rows a,b,...]
+#   --runs N       alternating runs per synthetic row (default 7)
+#   --real-runs N  real-uv runs each (default 5; 0 skips the real install rows)
+#   --mcp-runs N   respawning-MCP-host runs each (default 5; 0 skips them)
+#   --no-write     print the block only; do not update BENCHMARKS.md
+#   --rows LIST    only these synthetic rows: cooperative,ignore-sigterm,zombie,eight,discovery
+#                  (`--rows none`: no synthetic row)
 #
-# Builds the release binaries, prepares uv + a warm cache (scripts/memtomem-env.sh),
-# installs memtomem==0.6.12 (theirs: `mm`) into a scratch tool dir, then runs
-# bench/bench.py, which prints the table and rewrites the generated section of
-# BENCHMARKS.md. Needs python3 >= 3.11. Takes about 3-5 minutes.
+# Builds the release binaries (mm-upgrade, fake-server, fake-uv), prepares uv + a warm
+# cache (scripts/memtomem-env.sh), then runs bench/bench.py, which installs memtomem into
+# scratch tool dirs, prints the block and rewrites the generated section of BENCHMARKS.md.
+# The synthetic rows use fake-uv as uv for both tools; the real and MCP-host rows use
+# real uv 0.13.9 and real memtomem 0.6.11 -> 0.6.12 (the MCP host, bench/mcp_host.py,
+# runs with the python of a memtomem 0.6.12 tool env, which has the `mcp` SDK).
+# Needs python3 >= 3.11. Takes about 10-15 minutes with the defaults.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -25,4 +30,4 @@ if [[ -z "$py" ]] || ! "$py" -c 'import sys; assert sys.version_info >= (3, 11)'
   py=$UV_PYTHON # memtomem's 3.12
 fi
 exec "$py" "$ROOT/bench/bench.py" --ours "$target/release/mm-upgrade" \
-  --fake "$target/release/fake-server" "$@"
+  --fake "$target/release/fake-server" --fake-uv "$target/release/fake-uv" "$@"
