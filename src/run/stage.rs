@@ -135,7 +135,28 @@ pub(super) fn prove_staged(
     handshake: bool,
     timeout: Duration,
 ) -> Result<Value, String> {
-    let meta = txn::prove::metadata(env, false, timeout)?;
+    // The handshake (a full server start) dominates: the metadata probe runs
+    // beside it, and its verdict still comes first.
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hs = handshake.then(|| {
+        let (env, cancel) = (env.to_path_buf(), cancel.clone());
+        std::thread::spawn(move || {
+            txn::prove::mcp_initialize(&env, timeout.min(Duration::from_secs(120)), &cancel)
+        })
+    });
+    let meta = txn::prove::metadata(env, false, timeout);
+    // A failed probe decides: the handshake stops waiting (its group is killed).
+    let probe_failed = meta.as_ref().map_or(true, |m| {
+        m.error.is_some() || m.version.as_deref() != Some(version) || !m.missing.is_empty()
+    });
+    if probe_failed {
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let hs = hs.map(|h| {
+        h.join()
+            .unwrap_or_else(|_| Err("the handshake panicked".into()))
+    });
+    let meta = meta?;
     if let Some(e) = &meta.error {
         return Err(format!("its metadata cannot be read: {e}"));
     }
@@ -151,10 +172,10 @@ pub(super) fn prove_staged(
             meta.missing.join(", ")
         ));
     }
-    if !handshake {
+    let Some(hs) = hs else {
         return Ok(json!({"version": version, "initialize": null}));
-    }
-    let hs = txn::prove::mcp_initialize(env, timeout.min(Duration::from_secs(120)))?;
+    };
+    let hs = hs?;
     if hs.version != version {
         return Err(format!(
             "its server answers initialize with version {} instead of {version}",

@@ -138,7 +138,11 @@ pub struct Handshake {
 /// Start `<env>/bin/memtomem-server` in a scratch sandbox, send `initialize`,
 /// and return its `serverInfo`. Bounded by `timeout`; the server and anything
 /// it started (its own process group) are gone when this returns.
-pub fn mcp_initialize(env: &Path, timeout: Duration) -> Result<Handshake, String> {
+pub fn mcp_initialize(
+    env: &Path,
+    timeout: Duration,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Handshake, String> {
     let exe = env.join("bin/memtomem-server");
     if !exe.exists() {
         return Err(format!(
@@ -229,6 +233,9 @@ pub fn mcp_initialize(env: &Path, timeout: Duration) -> Result<Handshake, String
     let deadline = started + timeout;
     let answer = loop {
         let left = deadline.saturating_duration_since(Instant::now());
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            break Err("cancelled".into());
+        }
         if left.is_zero() || crate::interrupt::requested().is_some() {
             break Err(format!(
                 "{} did not answer initialize within {}s",
