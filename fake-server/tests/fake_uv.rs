@@ -480,6 +480,15 @@ fn a_stage_call_honours_the_failures_of_fake_uv_behavior() {
         b.dir.path().join("x"),
     );
     assert!(p.wait_exit(Duration::from_millis(300)).is_none(), "hangs");
+    // A hanging call is logged as it starts hanging: it never ends by itself.
+    let call = b.last_call();
+    assert_eq!(call["kind"], "stage");
+    assert_eq!(call["note"], "hanging");
+    assert!(
+        call["exit_code"].is_null() && call["end_mono_ns"].is_null(),
+        "{call}"
+    );
+    assert!(call["mono_ns"].as_u64().is_some());
     drop(p);
     assert!(!stage.join("memtomem").exists());
 
@@ -538,4 +547,58 @@ fn wrong_version_installs_and_reports_v_everywhere() {
         Some("==0.7.1")
     );
     assert_eq!(b.last_call()["installed"]["version"], "0.6.5");
+}
+
+#[test]
+fn server_args_reach_the_installed_memtomem_server() {
+    let b = UvBox::new();
+    let stage = b.stage("args");
+    let bin = stage.join(".bin");
+    let mut c = b.command(
+        &[("UV_TOOL_DIR", &stage), ("UV_TOOL_BIN_DIR", &bin)],
+        &["tool", "install", "memtomem==0.7.2"],
+    );
+    c.env("FAKE_UV_SERVER_ARGS", " --mode  hang-initialize\n");
+    ok(&c.output().unwrap());
+    let env = stage.join("memtomem");
+    assert_layout(&env, &bin, "0.7.2");
+    let script = fs::read_to_string(env.join("bin/memtomem-server")).unwrap();
+    assert!(
+        script.ends_with("--server-version '0.7.2' '--mode' 'hang-initialize' \"$@\"\n"),
+        "{script}"
+    );
+
+    // The staged server hangs on initialize, and still exits on EOF.
+    let sb = Sandbox::new();
+    let mut c = Command::new(bin.join("memtomem-server"));
+    c.args(["--runtime-dir", sb.rt.to_str().unwrap()])
+        .args(["--ready-file", sb.path("s.ready").to_str().unwrap()])
+        .args(["--events", sb.path("s.events").to_str().unwrap()])
+        .env("HOME", &sb.home)
+        .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(sb.path("s.stderr")).unwrap())
+        .process_group(0);
+    let mut p = Proc::start(
+        c,
+        sb.path("s.ready"),
+        sb.path("s.events"),
+        sb.path("s.stderr"),
+    );
+    p.ready();
+    let mcp = Mcp::new(p.child.stdout.take().unwrap());
+    Mcp::send(&mut p, &initialize(1, "2025-06-18"));
+    assert_eq!(mcp.recv(Duration::from_millis(300)), None);
+    p.close_stdin();
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).unwrap().code(), Some(0));
+
+    // Without the variable the script passes nothing more.
+    let (out, stage) = b.stage_call("plain", "succeed", &["memtomem==0.7.2"]);
+    ok(&out);
+    let script = fs::read_to_string(stage.join("memtomem/bin/memtomem-server")).unwrap();
+    assert!(
+        script.ends_with("--server-version '0.7.2' \"$@\"\n"),
+        "{script}"
+    );
 }

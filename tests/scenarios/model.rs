@@ -109,8 +109,9 @@ pub struct Server {
     /// e.g. "event:lock:pid" for the lock-before-payload gap), "none".
     #[serde(default = "default_ready")]
     pub ready: String,
-    /// Counted among the old-generation processes the fake uv checks at install
-    /// time (default true).
+    /// Counted among the old-generation processes that must be dead when the new
+    /// installation is switched in (mm-upgrade) or installed in place (another
+    /// upgrader; the fake uv checks) (default true).
     #[serde(default = "default_true")]
     pub managed: bool,
     #[serde(default)]
@@ -203,17 +204,23 @@ pub struct Upgrade {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Uv {
-    /// The real install: "succeed", "fail" (with code/stderr), "hang", "sleep" (with
-    /// ms), "absent" (no uv on PATH at all), "fail-prepare" (only the prepare call
-    /// fails, as for an unknown version), "delete-env-then-fail".
+    /// What an install does (mm-upgrade's one stage call, or another upgrader's
+    /// in-place install): "succeed", "fail" (with code/stderr), "hang", "sleep" (with
+    /// ms, then succeed), "absent" (no uv on PATH at all), "unresolvable" (the version
+    /// does not exist), "delete-env-then-fail", "broken-entry" (installs, but every
+    /// entry point exits 1), "broken-python" (installs, but `bin/python` exits 1),
+    /// "wrong-version" (installs `version` whatever was asked).
     #[serde(default = "default_behavior")]
     pub behavior: String,
     pub code: Option<i32>,
     pub stderr: Option<String>,
     pub ms: Option<u64>,
-    /// Prepare behaviour when it is not "fail-prepare": "succeed", "hang", "sleep".
-    pub prepare: Option<String>,
-    pub prepare_ms: Option<u64>,
+    /// With "wrong-version": the version that gets installed.
+    pub version: Option<String>,
+    /// Extra arguments of every `memtomem-server` uv installs during the run (the staged
+    /// one the upgrader proves), e.g. `["--mode", "hang-initialize"]`.
+    #[serde(default)]
+    pub server_args: Vec<String>,
     /// `uv tool dir` fails.
     #[serde(default)]
     pub dir_fails: bool,
@@ -223,6 +230,10 @@ pub struct Uv {
     /// Extras recorded in the installed receipt.
     #[serde(default)]
     pub installed_extras: Vec<String>,
+    /// Extra `uv tool install` arguments of the starting installation (e.g. `["--with",
+    /// "httpx>=0.27", "--python", "/usr/bin/python3.12"]`): they end up in its receipt.
+    #[serde(default)]
+    pub installed_args: Vec<String>,
     /// What "latest" resolves to.
     #[serde(default = "default_latest")]
     pub latest: String,
@@ -235,11 +246,12 @@ impl Default for Uv {
             code: None,
             stderr: None,
             ms: None,
-            prepare: None,
-            prepare_ms: None,
+            version: None,
+            server_args: vec![],
             dir_fails: false,
             installed: default_installed(),
             installed_extras: vec![],
+            installed_args: vec![],
             latest: default_latest(),
         }
     }
@@ -292,10 +304,9 @@ pub struct Expect {
     /// Event patterns that must not occur at all.
     #[serde(default)]
     pub never: Vec<String>,
-    /// Number of real install calls (kind "install") the fake uv saw.
-    pub uv_installs: Option<usize>,
-    /// Number of prepare calls.
-    pub uv_prepares: Option<usize>,
+    /// Number of stage calls (`uv tool install` into `<tool dir>/.mm-upgrade/stage-*`).
+    /// Against another upgrader: its install calls (it installs in place).
+    pub uv_stages: Option<usize>,
     #[serde(default, rename = "uv")]
     pub uv_calls: Vec<UvCall>,
     /// Per-server outcome.
@@ -305,23 +316,35 @@ pub struct Expect {
     /// expected alive and the bystanders; `"<name>+"` also allows its descendants.
     #[serde(default)]
     pub allow_alive: Vec<String>,
-    /// Every fake-server process still running at the end started after the install
-    /// finished (supervisors and launchers excepted).
+    /// Every fake-server process still running at the end registered after the switch
+    /// (mm-upgrade's `switched`; another upgrader's last successful install), supervisors
+    /// and launchers excepted.
     #[serde(default)]
     pub new_generation_only: bool,
     /// Installed version afterwards (from the tool dir's dist-info), "none" if absent.
     pub installed: Option<String>,
+    /// The installation (`{tools}/memtomem` and uv's bin dir `{toolbin}`) is byte for
+    /// byte what it was before the upgrader ran: paths, kinds, modes, contents, links.
+    #[serde(default)]
+    pub env_unchanged: bool,
+    /// Subset match (JSON rules) against the installed `uv-receipt.toml` afterwards,
+    /// e.g. `{ tool = { python = "/usr/bin/python3.12" } }`.
+    pub receipt: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct UvCall {
-    /// "dir", "prepare", "install".
+    /// "dir", "stage" (mm-upgrade's install beside the old one), "install" (in place:
+    /// only another upgrader makes these).
     pub kind: String,
     #[serde(default)]
     pub args_contain: Vec<String>,
     #[serde(default)]
     pub args_not_contain: Vec<String>,
+    /// Runs of consecutive arguments, e.g. `[["--with", "httpx>=0.27"]]`.
+    #[serde(default)]
+    pub args_adjacent: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

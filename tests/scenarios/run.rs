@@ -26,12 +26,16 @@ use crate::sys::{self, Reaper};
 /// differential mode.
 const OURS_ONLY_KEYS: &[&str] = &[
     "exit_code",
-    "prepared",
     "downtime_ms",
     "remaining",
     "stops",
-    "prepare",
     "skipped",
+    "staged",
+    "proof",
+    "switch_ms",
+    "rolled_back",
+    "recovered",
+    "up_to_date",
 ];
 
 pub struct Config {
@@ -141,7 +145,38 @@ pub struct Runner {
     notes: Vec<String>,
     upgrader: Option<Upgrader>,
     env_for_upgrader: Vec<(String, String)>,
+    /// The old-generation processes alive when the upgrader started (managed ones).
+    live_at_start: Vec<Managed>,
+    /// The installation (`{tools}/memtomem`, `{toolbin}`) just before the upgrader ran.
+    env_before: Option<Tree>,
+    /// The runner's own watch of the old generation while the upgrader ran.
+    watched: Watched,
 }
+
+/// A managed process (old generation) alive when the upgrader started.
+#[derive(Clone, Debug)]
+struct Managed {
+    pid: i32,
+    /// Its start time in /proc (field 22), so a reused pid is not mistaken for it.
+    start: u64,
+    server: String,
+    /// The server's own pid (not a forked child of it).
+    main: bool,
+}
+
+/// The process table as the watcher saw it right after mm-upgrade logged `switched`.
+#[derive(Clone, Debug, Default)]
+struct SwitchSnapshot {
+    /// mono_ns of the `switched` record, and of the moment the watcher looked.
+    switched: u64,
+    seen: u64,
+    /// Every live descendant of the runner then (pid, command line).
+    alive: Vec<(i32, String)>,
+}
+
+/// Every entry under some roots: relative path -> kind, mode and content digest or
+/// link target.
+type Tree = BTreeMap<String, String>;
 
 pub enum Outcome {
     Pass,
@@ -318,6 +353,9 @@ impl Runner {
             notes: vec![],
             upgrader: None,
             env_for_upgrader: vec![],
+            live_at_start: vec![],
+            env_before: None,
+            watched: Watched::default(),
         })
     }
 
@@ -358,14 +396,81 @@ impl Runner {
         .map_err(|e| e.to_string())?;
         // The installed tool the upgrade starts from.
         if self.sc.uv.installed != "none" {
-            write_tool_env(
-                self.dir("tools"),
-                &self.sc.uv.installed_extras,
-                &self.sc.uv.installed,
-            )
-            .map_err(|e| format!("installing the starting tool env: {e}"))?;
+            self.install_starting_env()?;
         }
         Ok(())
+    }
+
+    /// Lay out the installation the upgrade starts from the way uv would: the fake uv
+    /// itself installs it into `{tools}` with links in `{toolbin}` (unlogged, so it is
+    /// not one of the upgrader's calls).
+    fn install_starting_env(&mut self) -> Result<(), String> {
+        let uv = &self.sc.uv;
+        let mut spec = String::from("memtomem");
+        if !uv.installed_extras.is_empty() {
+            spec.push_str(&format!("[{}]", uv.installed_extras.join(",")));
+        }
+        spec.push_str(&format!("=={}", uv.installed));
+        let mut args: Vec<String> = vec!["tool".into(), "install".into()];
+        for a in &uv.installed_args {
+            args.push(self.expand(a)?);
+        }
+        args.push(spec);
+        let mut cmd = Command::new(self.fake("fake-uv"));
+        cmd.args(&args)
+            .env_clear()
+            .envs(self.base_env())
+            .env("UV_TOOL_DIR", self.dir("tools"))
+            .env("UV_TOOL_BIN_DIR", self.dir("toolbin"))
+            .env("FAKE_UV_SERVER_BIN", self.fake("fake-server"))
+            .env("FAKE_UV_LATEST", &uv.latest);
+        let (status, _, err) = self.run_helper(cmd, sys::scaled(10.0))?;
+        if status != Some(0) {
+            return Err(format!(
+                "installing the starting tool env (fake-uv {args:?}): {}: {err}",
+                status.map_or("killed".to_string(), |c| format!("exit {c}"))
+            ));
+        }
+        self.note(
+            "runner",
+            "installed",
+            json!({"argv": args, "version": uv.installed}),
+        );
+        Ok(())
+    }
+
+    /// Run a helper command to its end (at most `limit`) in its own process group,
+    /// which is killed however this returns; the reaper collects it. Returns its exit
+    /// code (None: killed), stdout and stderr.
+    fn run_helper(
+        &self,
+        mut cmd: Command,
+        limit: Duration,
+    ) -> Result<(Option<i32>, String, String), String> {
+        let tag = format!("helper-{}", sys::mono_ns());
+        let out = self.dir("logs").join(format!("{tag}.out"));
+        let err = self.dir("logs").join(format!("{tag}.err"));
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(&out).map_err(|e| e.to_string())?)
+            .stderr(fs::File::create(&err).map_err(|e| e.to_string())?)
+            .process_group(0);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+        let group = GroupGuard(child.id() as i32);
+        let reaped = self.reaper.wait(group.0, Instant::now() + limit);
+        drop(group);
+        let code =
+            reaped.and_then(|r| libc::WIFEXITED(r.status).then(|| libc::WEXITSTATUS(r.status)));
+        Ok((
+            code,
+            fs::read_to_string(&out).unwrap_or_default(),
+            fs::read_to_string(&err).unwrap_or_default(),
+        ))
     }
 
     fn plant_files(&mut self, when: &str) -> Result<(), String> {
@@ -729,6 +834,40 @@ impl Runner {
         Ok(path)
     }
 
+    /// The managed processes (servers and what they forked) alive right now.
+    fn managed_alive_now(&self) -> Vec<Managed> {
+        let mut out = vec![];
+        for p in self
+            .procs
+            .iter()
+            .filter(|p| p.is_server && p.spec.as_ref().is_some_and(|s| s.managed))
+        {
+            for pid in p.own_pids() {
+                if let Some(start) = live_start_time(pid) {
+                    out.push(Managed {
+                        pid,
+                        start,
+                        server: p.name.clone(),
+                        main: pid == p.pid(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The installation: uv's environment of memtomem and uv's bin dir.
+    fn installation_tree(&self) -> Tree {
+        let mut t = Tree::new();
+        tree_of(
+            &self.dir("tools").join("memtomem"),
+            "{tools}/memtomem",
+            &mut t,
+        );
+        tree_of(self.dir("toolbin"), "{toolbin}", &mut t);
+        t
+    }
+
     // ---- the upgrader ----------------------------------------------------------------------
 
     fn upgrader_env(&self, managed: &Path) -> Result<Vec<(String, String)>, String> {
@@ -758,12 +897,10 @@ impl Runner {
             ("RUST_BACKTRACE".into(), "1".into()),
         ]);
         let behavior = match uv.behavior.as_str() {
-            "succeed" | "absent" | "hang" | "delete-env-then-fail" | "broken-entry" => {
-                "succeed".to_string()
+            "succeed" | "absent" => "succeed".to_string(),
+            "hang" | "unresolvable" | "delete-env-then-fail" | "broken-entry" | "broken-python" => {
+                uv.behavior.clone()
             }
-            // The version does not exist: uv cannot resolve it for any install, prepared
-            // or not (an upgrader without a prepare step finds out only here).
-            "fail-prepare" => "unresolvable".to_string(),
             "fail" => format!(
                 "fail:{}:{}",
                 uv.code.unwrap_or(2),
@@ -772,22 +909,31 @@ impl Runner {
                     .unwrap_or_else(|| "fake uv stderr line".into())
             ),
             "sleep" => format!("sleep:{}", uv.ms.unwrap_or(1000)),
+            "wrong-version" => format!(
+                "wrong-version:{}",
+                uv.version
+                    .as_deref()
+                    .ok_or("[uv] behavior = \"wrong-version\" needs version = \"X.Y.Z\"")?
+            ),
             x => return Err(format!("[uv] behavior {x:?} unknown")),
         };
-        let behavior = match uv.behavior.as_str() {
-            "hang" | "delete-env-then-fail" | "broken-entry" => uv.behavior.clone(),
-            _ => behavior,
-        };
         env.push(("FAKE_UV_BEHAVIOR".into(), behavior));
-        let prepare = if uv.behavior == "fail-prepare" {
-            "fail".to_string()
-        } else {
-            match uv.prepare.as_deref().unwrap_or("succeed") {
-                "sleep" => format!("sleep:{}", uv.prepare_ms.unwrap_or(1000)),
-                p => p.to_string(),
+        if !uv.server_args.is_empty() {
+            let args: Vec<String> = uv
+                .server_args
+                .iter()
+                .map(|a| self.expand(a))
+                .collect::<Result<_, _>>()?;
+            if args
+                .iter()
+                .any(|a| a.is_empty() || a.contains(char::is_whitespace))
+            {
+                return Err(format!(
+                    "[uv] server_args {args:?}: no empty arguments or whitespace (FAKE_UV_SERVER_ARGS is split on it)"
+                ));
             }
-        };
-        env.push(("FAKE_UV_PREPARE".into(), prepare));
+            env.push(("FAKE_UV_SERVER_ARGS".into(), args.join(" ")));
+        }
         if uv.dir_fails {
             env.push(("FAKE_UV_DIR".into(), "fail".into()));
         }
@@ -858,6 +1004,9 @@ impl Runner {
             let parts = text.split(marker).map(|s| s.as_bytes().to_vec()).collect();
             early.push((path, parts));
         }
+        // What the upgrade starts from: the old generation alive now, the installation.
+        self.live_at_start = self.managed_alive_now();
+        self.env_before = Some(self.installation_tree());
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).env_clear().envs(env).process_group(0);
         cmd.stdin(Stdio::null())
@@ -890,6 +1039,10 @@ impl Runner {
         }
         let start = Instant::now();
         self.note("upgrader", "start", json!({"argv": argv}));
+        let watch = SwitchWatch::start(
+            self.dir("events").join("upgrader.jsonl"),
+            self.live_at_start.clone(),
+        );
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("spawning the upgrader {argv:?}: {e}"))?;
@@ -919,6 +1072,7 @@ impl Runner {
             }
         };
         let duration = start.elapsed();
+        self.watched = watch.finish();
         self.timeline.push(Ev {
             mono: reaped.mono_ns,
             source: "upgrader".into(),
@@ -1043,10 +1197,10 @@ impl Runner {
             push("uv", "kind", v);
         }
         // The reaper thread notices a death a little late on a loaded machine (it must be
-        // scheduled first), while an upgrader watching a pidfd sees it at once and may call
-        // uv within that delay. The fake uv checks /proc for every managed pid when it
-        // starts: a managed pid it did not find alive was dead by then, so its `reaped`
-        // event is placed no later than that call.
+        // scheduled first), while an upgrader watching a pidfd sees it at once and may act
+        // within that delay. The runner's /proc watch (every ms while the upgrader runs)
+        // and the fake uv (when a call starts) check every managed pid: a managed pid
+        // found gone was dead by then, so its `reaped` event is placed no later.
         let managed: HashSet<i32> = fs::read_to_string(self.sandbox.join("managed-pids"))
             .unwrap_or_default()
             .split_whitespace()
@@ -1057,6 +1211,12 @@ impl Runner {
             if !managed.contains(&pid) {
                 return None;
             }
+            // The runner's own /proc watch during the upgrade (every ms).
+            let watched = self
+                .watched
+                .first_gone
+                .get(&pid)
+                .map(|m| (*m, "the runner's /proc watch".to_string()));
             calls
                 .iter()
                 .filter(|c| {
@@ -1069,6 +1229,7 @@ impl Runner {
                     let kind = c.get("kind").and_then(Value::as_str).unwrap_or("?");
                     Some((m.saturating_sub(1), format!("uv {kind}")))
                 })
+                .chain(watched)
                 .min()
         };
         for (pid, r) in self.reaper.all() {
@@ -1095,6 +1256,16 @@ impl Runner {
                     fields,
                 });
             }
+        }
+        if let Some(snap) = &self.watched.at_switch {
+            all.push(Ev {
+                mono: snap.seen,
+                source: "runner".into(),
+                event: "switch-look".into(),
+                fields: json!({
+                    "alive": snap.alive.iter().map(|(p, c)| format!("{p} {c}")).collect::<Vec<_>>(),
+                }),
+            });
         }
         all.sort_by_key(|e| e.mono);
         all
@@ -1139,20 +1310,50 @@ impl Runner {
         "dead".into()
     }
 
-    /// End of the last successful real install (CLOCK_MONOTONIC ns).
+    /// mm-upgrade's `switched` records (CLOCK_MONOTONIC ns), in order.
+    fn switched_at(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = Self::read_jsonl(&self.dir("events").join("upgrader.jsonl"))
+            .iter()
+            .filter(|e| e.get("event").and_then(Value::as_str) == Some("switched"))
+            .filter_map(|e| e.get("mono_ns").and_then(Value::as_u64))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// When the new installation took the old one's place (CLOCK_MONOTONIC ns): the
+    /// `switched` record of mm-upgrade (written after the exchange, so a process that
+    /// started before it counts as old, as mm-upgrade itself counts it), or the end of
+    /// another upgrader's last successful in-place install.
     fn install_end(&self) -> Option<u64> {
-        self.uv_calls()
+        let installs = self
+            .uv_calls()
             .iter()
             .filter(|c| c.get("kind").and_then(Value::as_str) == Some("install"))
             .filter(|c| c.get("exit_code").and_then(Value::as_i64) == Some(0))
             .filter_map(|c| c.get("end_mono_ns").and_then(Value::as_u64))
-            .max()
+            .max();
+        installs.into_iter().chain(self.switched_at()).max()
     }
 
-    /// Every fake-server process that logged anything: pid -> (server name, mono of its
-    /// first event). Forked workers log no `start`, so the first event stands for it.
+    /// Every fake-server process that logged anything: pid -> (server name, when it
+    /// joined its generation). That is when it registered as a server (its first `lock`
+    /// event); a process that never locks anything (a forked child) is dated by its first
+    /// event (forked workers log no `start`; `fork`/`respawn` events of their parent come
+    /// first). A process that started before the switch but registered after it was in
+    /// flight: no upgrader can attribute it before it registers (a real memtomem-server
+    /// could be attributed by its command line, the installation's python; a fake one
+    /// cannot), so it counts as new (see `in_flight`).
     fn started_processes(&self) -> HashMap<i32, (String, u64)> {
-        let mut out: HashMap<i32, (String, u64)> = HashMap::new();
+        self.process_dates()
+            .into_iter()
+            .map(|(pid, (name, first, lock))| (pid, (name, lock.unwrap_or(first).max(first))))
+            .collect()
+    }
+
+    /// pid -> (server name, mono of its first event, mono of its first `lock` event).
+    fn process_dates(&self) -> HashMap<i32, (String, u64, Option<u64>)> {
+        let mut out: HashMap<i32, (String, u64, Option<u64>)> = HashMap::new();
         for p in self.procs.iter().filter(|p| p.is_server) {
             for v in Self::read_jsonl(&p.events) {
                 let Some(m) = v.get("mono_ns").and_then(Value::as_u64) else {
@@ -1166,18 +1367,35 @@ impl Runner {
                 } else {
                     None
                 };
-                for pid in v
-                    .get("pid")
-                    .and_then(Value::as_i64)
-                    .into_iter()
-                    .chain(child)
-                {
-                    let e = out.entry(pid as i32).or_insert((p.name.clone(), m));
+                let own = v.get("pid").and_then(Value::as_i64);
+                for pid in own.into_iter().chain(child) {
+                    let e = out.entry(pid as i32).or_insert((p.name.clone(), m, None));
                     e.1 = e.1.min(m);
+                    if ev == "lock" && Some(pid) == own {
+                        e.2 = Some(e.2.map_or(m, |l| l.min(m)));
+                    }
                 }
             }
         }
         out
+    }
+
+    /// Processes that started before `at` and registered (took their first lock) after.
+    fn in_flight(&self, at: u64) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .process_dates()
+            .into_iter()
+            .filter(|(_, (_, first, lock))| *first < at && lock.is_some_and(|l| l > at))
+            .map(|(pid, (name, first, lock))| {
+                format!(
+                    "{pid} ({name}: started {:.1} ms before, registered {:.1} ms after)",
+                    (at - first) as f64 / 1e6,
+                    (lock.unwrap_or(at) - at) as f64 / 1e6
+                )
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     // ---- checks ----------------------------------------------------------------------------
@@ -1204,6 +1422,201 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// The install as a transaction: staged and proven before anything is stopped,
+    /// switched only when no old server is left, the installation untouched by a run
+    /// that did not switch, nothing left in `{tools}/.mm-upgrade`.
+    fn check_transaction(&mut self, e: &Expect, diff: bool) -> Result<(), String> {
+        let after = self.installation_tree();
+        let before = self.env_before.clone().unwrap_or_default();
+        let switched = self.switched_at();
+        if e.env_unchanged || (!diff && switched.is_empty()) {
+            let d = tree_diff(&before, &after, 12);
+            if !d.is_empty() {
+                self.fail(format!(
+                    "the installation changed{}:\n      {}",
+                    if e.env_unchanged {
+                        ""
+                    } else {
+                        " although mm-upgrade did not switch"
+                    },
+                    d.join("\n      ")
+                ));
+            }
+        }
+        let work = self.dir("tools").join(".mm-upgrade");
+        if fs::symlink_metadata(&work).is_ok() {
+            let mut t = Tree::new();
+            tree_of(&work, "{tools}/.mm-upgrade", &mut t);
+            self.fail(format!(
+                "{} is left behind: {}",
+                work.display(),
+                t.keys().take(6).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if let Some(want) = &e.receipt {
+            let path = self.dir("tools").join("memtomem/uv-receipt.toml");
+            let got = fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| t.parse::<toml::Table>().map_err(|e| e.to_string()));
+            match got {
+                Ok(t) => {
+                    let mut errs = vec![];
+                    let got = toml_to_json(&toml::Value::Table(t));
+                    json_match(self, &toml_to_json(want), &got, "", &mut errs, false);
+                    for er in errs {
+                        self.fail(format!("receipt {}: {er}", path.display()));
+                    }
+                }
+                Err(err) => self.fail(format!("receipt {}: {err}", path.display())),
+            }
+        }
+        if diff {
+            return Ok(());
+        }
+
+        // Nothing is stopped before the new release is staged and proven.
+        let mm = Self::read_jsonl(&self.dir("events").join("upgrader.jsonl"));
+        let first = |name: &str| {
+            mm.iter()
+                .filter(|v| v.get("event").and_then(Value::as_str) == Some(name))
+                .filter_map(|v| v.get("mono_ns").and_then(Value::as_u64))
+                .min()
+        };
+        if let Some(sig) = first("signalling") {
+            match first("proven") {
+                Some(p) if p < sig => {}
+                Some(_) => {
+                    self.fail("mm-upgrade signalled a server before the staged release was proven")
+                }
+                None => self.fail("mm-upgrade signalled a server without a proven staged release"),
+            }
+            for c in self.uv_calls() {
+                let end = c
+                    .get("end_mono_ns")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(u64::MAX);
+                if c.get("kind").and_then(Value::as_str) == Some("stage") && end > sig {
+                    self.fail(format!(
+                        "the stage call ended after mm-upgrade signalled a server: staging (and its proof) must be done before anything is stopped ({})",
+                        c["argv"]
+                    ));
+                }
+            }
+        }
+
+        // The switch: every old server gone first (#443, split brain).
+        let Some(&sw) = switched.first() else {
+            return Ok(());
+        };
+        if switched.len() > 1 {
+            self.fail(format!("mm-upgrade switched {} times", switched.len()));
+        }
+        // mm-upgrade's own account: each old server it had to stop exited before.
+        for m in self.live_at_start.clone().iter().filter(|m| m.main) {
+            let exited = mm.iter().find(|v| {
+                v.get("event").and_then(Value::as_str) == Some("exited")
+                    && v.get("pid").and_then(Value::as_i64) == Some(m.pid as i64)
+            });
+            match exited {
+                None => self.fail(format!(
+                    "mm-upgrade switched without an `exited` record for old server {} (pid {})",
+                    m.server, m.pid
+                )),
+                Some(v) => {
+                    let at = v.get("mono_ns").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    if at > sw {
+                        self.fail(format!(
+                            "mm-upgrade switched {:.1} ms before old server {} (pid {}) exited",
+                            (at - sw) as f64 / 1e6,
+                            m.server,
+                            m.pid
+                        ));
+                    }
+                    if !v.get("error").is_none_or(Value::is_null) {
+                        self.fail(format!(
+                            "mm-upgrade switched although stopping old server {} (pid {}) failed: {}",
+                            m.server, m.pid, v["error"]
+                        ));
+                    }
+                }
+            }
+        }
+        // The servers' own account: none logged its exit after the switch.
+        let managed: HashMap<i32, String> = self
+            .live_at_start
+            .iter()
+            .map(|m| (m.pid, m.server.clone()))
+            .collect();
+        for p in self.procs.iter().filter(|p| p.is_server) {
+            for v in Self::read_jsonl(&p.events) {
+                let pid = v.get("pid").and_then(Value::as_i64).unwrap_or(0) as i32;
+                let at = v.get("mono_ns").and_then(Value::as_u64).unwrap_or(0);
+                if v.get("event").and_then(Value::as_str) == Some("exit")
+                    && managed.contains_key(&pid)
+                    && at > sw
+                {
+                    self.failures.push(format!(
+                        "old-generation pid {pid} (server {}) was alive at the switch: it logged its exit {:.1} ms after `switched`",
+                        managed[&pid],
+                        (at - sw) as f64 / 1e6
+                    ));
+                }
+            }
+        }
+        // The runner's own view of /proc: no old process seen alive after `switched`.
+        let w = self.watched.clone();
+        for m in self.live_at_start.clone() {
+            if let Some(&t) = w.last_alive.get(&m.pid).filter(|t| **t > sw) {
+                self.fail(format!(
+                    "old-generation pid {} (server {}) was alive at the switch: the runner saw it running {:.1} ms after `switched`",
+                    m.pid,
+                    m.server,
+                    (t - sw) as f64 / 1e6
+                ));
+            }
+        }
+        match &w.at_switch {
+            Some(snap) => {
+                // Old-generation processes a client respawned meanwhile may still run
+                // (mm-upgrade retires them after the switch): reported, not failed.
+                let started = self.started_processes();
+                let elders: HashSet<i32> = self.procs.iter().flat_map(|p| p.elders()).collect();
+                let unmanaged: HashSet<&str> = self
+                    .procs
+                    .iter()
+                    .filter(|p| p.spec.as_ref().is_some_and(|s| !s.managed))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                let old: Vec<String> = snap
+                    .alive
+                    .iter()
+                    .filter(|(pid, _)| !elders.contains(pid) && !managed.contains_key(pid))
+                    .filter_map(|(pid, _)| {
+                        let (name, m) = started.get(pid)?;
+                        (*m < sw && !unmanaged.contains(name.as_str()))
+                            .then(|| format!("{pid} ({name})"))
+                    })
+                    .collect();
+                let in_flight = self.in_flight(sw);
+                if !in_flight.is_empty() {
+                    self.notes.push(format!(
+                        "in flight at the switch (counted as new generation): {}",
+                        in_flight.join(", ")
+                    ));
+                }
+                if !old.is_empty() {
+                    self.notes.push(format!(
+                        "respawned old-generation processes alive {:.1} ms after `switched` (mm-upgrade retires them after the switch): {}",
+                        snap.seen.saturating_sub(snap.switched) as f64 / 1e6,
+                        old.join(", ")
+                    ));
+                }
+            }
+            None => self.fail("the runner did not see mm-upgrade's `switched` record while it ran"),
+        }
+        Ok(())
     }
 
     fn check(&mut self) -> Result<(), String> {
@@ -1319,8 +1732,16 @@ impl Runner {
 
         // uv.
         let calls = self.uv_calls();
+        let kind_of = |c: &Value| {
+            c.get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         for c in &calls {
-            if c.get("kind").and_then(Value::as_str) == Some("install") {
+            // Another upgrader installs in place: never under a live old server (the
+            // fake uv refuses with 97 and records who was alive).
+            if kind_of(c) == "install" {
                 let alive = c
                     .get("managed_alive")
                     .and_then(Value::as_array)
@@ -1333,51 +1754,63 @@ impl Runner {
                     ));
                 }
             }
-        }
-        let count = |k: &str| {
-            calls
-                .iter()
-                .filter(|c| c.get("kind").and_then(Value::as_str) == Some(k))
-                .count()
-        };
-        if let Some(n) = e.uv_installs {
-            if count("install") != n {
+            // mm-upgrade never lets uv write the real tool dir: it stages beside it.
+            if !diff && matches!(kind_of(c).as_str(), "install" | "prepare") {
                 self.fail(format!(
-                    "uv install calls: expected {n}, got {}",
-                    count("install")
+                    "mm-upgrade ran a uv {} call outside its staging dir (UV_TOOL_DIR {}, argv {})",
+                    kind_of(c),
+                    c["uv_tool_dir"],
+                    c["argv"]
                 ));
             }
         }
-        if !diff {
-            if let Some(n) = e.uv_prepares {
-                if count("prepare") != n {
-                    self.fail(format!(
-                        "uv prepare calls: expected {n}, got {}",
-                        count("prepare")
-                    ));
-                }
+        let count = |k: &str| calls.iter().filter(|c| kind_of(c) == k).count();
+        if let Some(n) = e.uv_stages {
+            let (kind, got) = if diff {
+                ("install", count("install"))
+            } else {
+                ("stage", count("stage"))
+            };
+            if got != n {
+                self.fail(format!("uv {kind} calls: expected {n}, got {got}"));
             }
+        }
+        if !diff {
             for want in &e.uv_calls {
                 let found = calls.iter().any(|c| {
                     let argv: Vec<&str> = c["argv"]
                         .as_array()
                         .map(|a| a.iter().filter_map(Value::as_str).collect())
                         .unwrap_or_default();
-                    c.get("kind").and_then(Value::as_str) == Some(want.kind.as_str())
+                    kind_of(c) == want.kind
                         && want.args_contain.iter().all(|a| argv.contains(&a.as_str()))
                         && !want
                             .args_not_contain
                             .iter()
                             .any(|a| argv.contains(&a.as_str()))
+                        && want.args_adjacent.iter().all(|run| {
+                            run.is_empty()
+                                || argv
+                                    .windows(run.len())
+                                    .any(|w| w.iter().zip(run).all(|(a, b)| *a == b.as_str()))
+                        })
                 });
                 if !found {
                     self.fail(format!(
-                        "no uv {} call with args containing {:?} and not {:?}",
-                        want.kind, want.args_contain, want.args_not_contain
+                        "no uv {} call with args containing {:?}{} and not {:?}",
+                        want.kind,
+                        want.args_contain,
+                        if want.args_adjacent.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", runs {:?}", want.args_adjacent)
+                        },
+                        want.args_not_contain
                     ));
                 }
             }
         }
+        self.check_transaction(&e, diff)?;
         if let Some(want) = &e.installed {
             let got = installed_version(self.dir("tools")).unwrap_or_else(|| "none".into());
             if &got != want {
@@ -1505,9 +1938,10 @@ impl Runner {
         let mut pos = 0usize;
         let mut prev: Option<String> = None;
         for pat in &e.order {
-            if diff && (pat.starts_with("uv:prepare")) {
+            let Some(pat) = pattern_for(&self.expand(pat)?, diff) else {
                 continue;
-            }
+            };
+            let pat = &pat;
             match tl[pos..].iter().position(|ev| ev_matches(ev, pat)) {
                 Some(i) => {
                     pos += i + 1;
@@ -1549,6 +1983,10 @@ impl Runner {
             }
         }
         for pat in &e.never {
+            let Some(pat) = pattern_for(&self.expand(pat)?, diff) else {
+                continue;
+            };
+            let pat = &pat;
             if let Some(ev) = tl.iter().find(|ev| ev_matches(ev, pat)) {
                 self.fail(format!(
                     "never: {pat:?} happened: {} {}",
@@ -1588,7 +2026,7 @@ impl Runner {
                 x => self.fail(format!("allow_alive: {a:?}: use <name>, <name>:launcher or <name>:descendants (not {x:?})")),
             }
         }
-        // Servers of the new generation (started after the install finished) may run on.
+        // Servers of the new generation (registered after the switch) may run on.
         let started = self.started_processes();
         if let Some(end) = self.install_end() {
             for (pid, (_, m)) in &started {
@@ -1608,7 +2046,7 @@ impl Runner {
                     .collect();
                 if sys::is_alive(*pid) && !elders.contains(pid) && end.is_none_or(|end| *m <= end) {
                     self.fail(format!(
-                        "server {name}: pid {pid} of the old generation (started before the install finished) is still running"
+                        "server {name}: pid {pid} of the old generation (registered before the switch) is still running"
                     ));
                 }
             }
@@ -2044,6 +2482,22 @@ fn json_match(
     }
 }
 
+/// An event pattern as written, or its counterpart for another upgrader (differential
+/// mode): mm-upgrade's `switched`/`installed` is its in-place `uv:install`; mm-upgrade's
+/// other events and the stage call have none (None: not checked).
+fn pattern_for(pat: &str, diff: bool) -> Option<String> {
+    if !diff {
+        return Some(pat.to_string());
+    }
+    let mut parts = pat.splitn(3, ':');
+    let (src, event) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match (src, event) {
+        ("mm", "switched" | "installed") => Some("uv:install".into()),
+        ("mm", _) | ("uv", "stage") => None,
+        _ => Some(pat.to_string()),
+    }
+}
+
 /// `source:event[:detail]`; `*` as source matches any; detail matches any string or
 /// number in the record (argv elements included).
 fn ev_matches(ev: &Ev, pat: &str) -> bool {
@@ -2160,34 +2614,6 @@ fn list_dir(dir: &Path) -> String {
     out
 }
 
-fn write_tool_env(tools: &Path, extras: &[String], version: &str) -> std::io::Result<()> {
-    let env = tools.join("memtomem");
-    let dist = env.join(format!(
-        "lib/python3.12/site-packages/memtomem-{version}.dist-info"
-    ));
-    fs::create_dir_all(&dist)?;
-    fs::write(
-        dist.join("METADATA"),
-        format!("Metadata-Version: 2.1\nName: memtomem\nVersion: {version}\n"),
-    )?;
-    let extras_part = if extras.is_empty() {
-        String::new()
-    } else {
-        format!(
-            ", extras = [{}]",
-            extras
-                .iter()
-                .map(|e| format!("{e:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    fs::write(
-        env.join("uv-receipt.toml"),
-        format!("[tool]\nrequirements = [{{ name = \"memtomem\"{extras_part}, specifier = \"=={version}\" }}]\n"),
-    )
-}
-
 fn installed_version(tools: &Path) -> Option<String> {
     let lib = tools.join("memtomem/lib");
     for py in fs::read_dir(lib).ok()?.flatten() {
@@ -2224,3 +2650,209 @@ impl Proc {
 
 #[allow(dead_code)]
 fn unused(_: HashMap<(), ()>) {}
+
+/// Kills a helper's process group when dropped (on every path, panics included).
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.0 > 1 {
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A process's start time (/proc/<pid>/stat field 22), if it is alive and not a zombie.
+fn live_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rfind(')')?;
+    let fields: Vec<&str> = stat[after + 1..].split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    if state == 'Z' || state == 'X' {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Record every entry under `root` (not following links) as `label/<relative path>`.
+fn tree_of(root: &Path, label: &str, out: &mut Tree) {
+    let describe = |p: &Path| -> String {
+        match fs::symlink_metadata(p) {
+            Err(e) => format!("unreadable: {e}"),
+            Ok(m) if m.file_type().is_symlink() => format!(
+                "link -> {}",
+                fs::read_link(p)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default()
+            ),
+            Ok(m) if m.is_dir() => format!("dir {:o}", m.permissions().mode() & 0o7777),
+            Ok(m) if m.is_file() => {
+                let digest = fs::read(p)
+                    .map(|b| {
+                        Sha256::digest(&b)
+                            .iter()
+                            .take(12)
+                            .map(|x| format!("{x:02x}"))
+                            .collect::<String>()
+                    })
+                    .unwrap_or_else(|e| format!("unreadable: {e}"));
+                format!(
+                    "file {:o} {} bytes sha256 {digest}",
+                    m.permissions().mode() & 0o7777,
+                    m.len()
+                )
+            }
+            Ok(m) => format!("special {:o}", m.permissions().mode()),
+        }
+    };
+    if fs::symlink_metadata(root).is_err() {
+        out.insert(label.to_string(), "absent".into());
+        return;
+    }
+    out.insert(label.to_string(), describe(root));
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let is_dir = fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir());
+        if !is_dir {
+            continue;
+        }
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+            out.insert(format!("{label}/{rel}"), describe(&p));
+            stack.push(p);
+        }
+    }
+}
+
+/// What differs between two trees, at most `max` lines.
+fn tree_diff(before: &Tree, after: &Tree, max: usize) -> Vec<String> {
+    let mut out = vec![];
+    for (k, v) in before {
+        match after.get(k) {
+            None => out.push(format!("{k}: gone (was {v})")),
+            Some(w) if w != v => out.push(format!("{k}: {v} -> {w}")),
+            _ => {}
+        }
+    }
+    for (k, w) in after {
+        if !before.contains_key(k) {
+            out.push(format!("{k}: new ({w})"));
+        }
+    }
+    let n = out.len();
+    if n > max {
+        out.truncate(max);
+        out.push(format!("... {} more", n - max));
+    }
+    out
+}
+
+/// Watches the old generation and mm-upgrade's `--events` file while the upgrader runs
+/// (every millisecond): when each managed process was last seen alive and first seen
+/// gone in /proc (the runner's own view, independent of the upgrader's, as the fake uv's
+/// check at install time was), and what ran right after the `switched` record appeared.
+/// "Seen alive after `switched` was logged" means alive at the switch (the record is
+/// written after the exchange): never a false alarm.
+struct SwitchWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Watched>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Watched {
+    /// pid -> mono_ns just before the last look that found it alive.
+    last_alive: HashMap<i32, u64>,
+    /// pid -> mono_ns just after the first look that found it gone.
+    first_gone: HashMap<i32, u64>,
+    at_switch: Option<SwitchSnapshot>,
+}
+
+impl SwitchWatch {
+    fn start(events: PathBuf, managed: Vec<Managed>) -> SwitchWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("switch-watch".into())
+            .spawn(move || {
+                let mut w = Watched::default();
+                let mut offset = 0usize;
+                let mut pending = String::new();
+                loop {
+                    // Read the flag first: after it is set, one last look.
+                    let last = flag.load(std::sync::atomic::Ordering::SeqCst);
+                    for m in &managed {
+                        if w.first_gone.contains_key(&m.pid) {
+                            continue;
+                        }
+                        let before = sys::mono_ns();
+                        if live_start_time(m.pid) == Some(m.start) {
+                            w.last_alive.insert(m.pid, before);
+                        } else {
+                            w.first_gone.insert(m.pid, sys::mono_ns());
+                        }
+                    }
+                    if w.at_switch.is_none() {
+                        if let Ok(bytes) = fs::read(&events) {
+                            if bytes.len() > offset {
+                                pending.push_str(&String::from_utf8_lossy(&bytes[offset..]));
+                                offset = bytes.len();
+                            }
+                        }
+                        while let Some(nl) = pending.find('\n') {
+                            let line: String = pending.drain(..=nl).collect();
+                            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                                continue;
+                            };
+                            if v.get("event").and_then(Value::as_str) == Some("switched") {
+                                w.at_switch = Some(SwitchSnapshot::take(
+                                    v.get("mono_ns").and_then(Value::as_u64).unwrap_or(0),
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                    if last {
+                        return w;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+            .ok();
+        SwitchWatch { stop, handle }
+    }
+
+    /// Stop watching (the upgrader has exited) and return what was seen.
+    fn finish(mut self) -> Watched {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SwitchWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl SwitchSnapshot {
+    fn take(switched: u64) -> SwitchSnapshot {
+        let seen = sys::mono_ns();
+        let me = std::process::id() as i32;
+        let alive = sys::descendants(me)
+            .into_iter()
+            .map(|d| (d.pid, sys::cmdline(d.pid)))
+            .collect();
+        SwitchSnapshot {
+            switched,
+            seen,
+            alive,
+        }
+    }
+}

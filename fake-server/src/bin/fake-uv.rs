@@ -5,11 +5,12 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `FAKE_UV_LOG` | JSON-lines file; one line appended per call (argv, kind, env, managed pids alive, ts/mono_ns, result, and `installed` on success) |
+//! | `FAKE_UV_LOG` | JSON-lines file; one line appended per call (argv, kind, env, managed pids alive, ts/mono_ns, result, and `installed` on success) when it ends; a call that hangs logs its line as it starts hanging, with `exit_code` and `end_mono_ns` null and the note `hanging` |
 //! | `FAKE_UV_TOOL_DIR` | the sandbox's *real* uv tool dir. A call whose `UV_TOOL_DIR` is under `$FAKE_UV_TOOL_DIR/.mm-upgrade/` is a *stage* call; one whose `UV_TOOL_DIR` is elsewhere is a *prepare* call |
 //! | `FAKE_UV_MANAGED_PIDS` | file with one pid per line: the old-generation server processes; an *install* call while any of them is alive (and not a zombie) fails with exit 97. Stage calls are not checked: staging happens while the old servers run, by design |
 //! | `FAKE_UV_BEHAVIOR` | what an install or stage call does: `succeed` (default), `fail:CODE:STDERR`, `hang`, `sleep:MS` (then succeed), `delete-env-then-fail`, `broken-entry` (installs, but every entry point prints a `ModuleNotFoundError` and exits 1), `unresolvable` (the version does not exist: exit 1 with uv's resolver message), `broken-python` (installs, but `bin/python` prints `fake python: broken` and exits 1), `wrong-version:V` (installs V whatever was asked: dist-info, `bin/python` and `memtomem-server` all say V) |
 //! | `FAKE_UV_SERVER_BIN` | the fake-server binary: the installed `bin/memtomem-server` execs it with `--server-version <V>` (without it, that script exits 0) |
+//! | `FAKE_UV_SERVER_ARGS` | more fake-server arguments for that `memtomem-server`, separated by whitespace (no quoting), placed after `--server-version <V>` and before the script's own arguments, e.g. `--mode hang-initialize` |
 //! | `FAKE_UV_PREPARE` | what a prepare call does: `succeed` (default), `fail` (version cannot be resolved, exit 1), `hang`, `sleep:MS` |
 //! | `FAKE_UV_DIR` | what `uv tool dir` does: `succeed` (default), `fail` |
 //! | `FAKE_UV_CACHE` | a directory standing for uv's cache: prepare and stage calls record `memtomem-<V>` there; an `--offline` install or stage of a V not in it fails like uv does |
@@ -120,6 +121,19 @@ struct Call {
 
 impl Call {
     fn finish(&self, code: i32, note: &str) -> ! {
+        self.log(Some(code), note);
+        std::process::exit(code)
+    }
+
+    /// Log the call (it never ends on its own), then hang until killed.
+    fn hang(&self) -> ! {
+        self.log(None, "hanging");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
+    fn log(&self, code: Option<i32>, note: &str) {
         log(&json!({
             "event": "call",
             "kind": self.kind,
@@ -130,12 +144,11 @@ impl Call {
             "pid": std::process::id(),
             "ts": self.start_ts,
             "mono_ns": self.start_mono,
-            "end_mono_ns": mono_ns(),
+            "end_mono_ns": code.map(|_| mono_ns()),
             "exit_code": code,
             "note": note,
             "installed": self.installed,
         }));
-        std::process::exit(code)
     }
 }
 
@@ -392,9 +405,13 @@ impl Layout<'_> {
         }
         match std::env::var("FAKE_UV_SERVER_BIN") {
             Ok(server) if name == "memtomem-server" => format!(
-                "{head}exec {} --server-version {} \"$@\"\n",
+                "{head}exec {} --server-version {}{} \"$@\"\n",
                 sh_quote(&server),
-                sh_quote(self.version)
+                sh_quote(self.version),
+                server_args()
+                    .iter()
+                    .map(|a| format!(" {}", sh_quote(a)))
+                    .collect::<String>()
             ),
             _ => format!("{head}exit 0\n"),
         }
@@ -467,15 +484,18 @@ impl Layout<'_> {
     }
 }
 
+/// `FAKE_UV_SERVER_ARGS`, split on whitespace.
+fn server_args() -> Vec<String> {
+    std::env::var("FAKE_UV_SERVER_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 fn sleep_ms(spec: &str) {
     let ms: u64 = spec.parse().unwrap_or(0);
     std::thread::sleep(Duration::from_millis(ms));
-}
-
-fn hang() -> ! {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
 }
 
 fn home_path(rel: &str) -> Option<String> {
@@ -599,7 +619,7 @@ fn main() {
                 eprintln!("{unresolvable}");
                 call.finish(1, "prepare failed");
             }
-            ("hang", _) => hang(),
+            ("hang", _) => call.hang(),
             ("sleep", Some(ms)) => sleep_ms(ms),
             _ => {}
         }
@@ -652,7 +672,7 @@ fn main() {
             eprintln!("{unresolvable}");
             call.finish(1, "version cannot be resolved");
         }
-        "hang" => hang(),
+        "hang" => call.hang(),
         "sleep" => sleep_ms(parts.next().unwrap_or("0")),
         "broken-entry" => {
             lay.broken_entry = true;
