@@ -139,6 +139,7 @@ pub fn run_bounded(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    crate::sys::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             UvError::Missing(format!("{} does not exist", program.display()))

@@ -559,6 +559,26 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Make a child die with us (Linux: `PR_SET_PDEATHSIG`), so a uv or a proof
+/// server we started never outlives a killed mm-upgrade and writes on into
+/// a staging dir the next run removes. (It follows the spawning thread, so
+/// spawn from a thread that outlives the child.) No-op elsewhere.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between
+        // fork and exec here.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let _ = cmd;
+}
+
 /// A crash-test hook: with the `fault-points` feature (test builds only),
 /// `MM_UPGRADE_FAULT=<name>` kills this process with SIGKILL at that point.
 pub fn fault_point(name: &str) {

@@ -934,6 +934,45 @@ fn ctrl_c_while_staging_stops_uv_and_changes_nothing() {
 }
 
 #[test]
+fn a_killed_upgrader_takes_its_uv_along_and_the_next_run_cleans_the_staging() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let before = sb.installation();
+    let up = spawn_upgrader(&sb, "hang-install");
+    common::wait_for("the staging call", || {
+        fs::read_to_string(sb.path("uv.hanging")).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let uv_pid: i32 = fs::read_to_string(sb.path("uv.hanging"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(common::alive(uv_pid));
+    unsafe { libc::kill(up.0.id() as i32, libc::SIGKILL) };
+    let (code, _) = finish_killed(up);
+    assert_eq!(code, None, "mm-upgrade was not killed");
+    // uv dies with its parent: it never writes on into the staging dir.
+    common::wait_for("uv to die with mm-upgrade", || !common::alive(uv_pid));
+    assert!(exists(&sb.work_dir()), "the killed run left its staging");
+    assert!(server.alive(), "nothing was stopped");
+    assert_eq!(sb.installation(), before);
+    // `recover` removes what the killed run left; the installation is as it was.
+    sb.upgrader()
+        .args(["recover", "--json"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("\"recovered\": \"discarded\""));
+    assert!(!exists(&sb.work_dir()));
+    assert_eq!(sb.installation(), before);
+}
+
+fn finish_killed(mut up: Upgrader) -> (Option<i32>, String) {
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(up.0.stdout.as_mut().unwrap(), &mut out);
+    (up.0.wait().unwrap().code(), out)
+}
+
+#[test]
 fn ctrl_c_during_the_stop_and_switch_is_held_until_the_upgrade_is_done() {
     let sb = Sandbox::new();
     // On SIGTERM it stays up (and locked) for a while: the window in which

@@ -180,6 +180,7 @@ pub fn mcp_initialize(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    crate::sys::die_with_parent(&mut cmd);
     let started = Instant::now();
     let mut child = cmd
         .spawn()

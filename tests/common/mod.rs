@@ -46,7 +46,7 @@ pub fn fake_server_bin() -> PathBuf {
 ///
 /// `FAKE_UV_MODE`: `ok` (default); `fail-install` (exit 2, "error: install
 /// exploded"); `no-such-version` (exit 1, "error: no version of SPEC");
-/// `hang-install` (half an env, `$SANDBOX/uv.hanging`, then sleeps);
+/// `hang-install` (half an env, its pid in `$SANDBOX/uv.hanging`, then sleeps);
 /// `slow-install` (1 s, then ok); `broken-python` (the interpreter exits 1);
 /// `broken-entry` (the server exits 1 instead of answering); `dangling-entry`
 /// (the receipt names an entry point `mm` uv never wrote).
@@ -90,7 +90,7 @@ case "$mode" in
   hang-install)
     # Half-written, then stuck: the staging dir is not empty when it goes.
     mkdir -p "$env/lib/python3.12/site-packages"
-    : > "$SANDBOX/uv.hanging"
+    echo $$ > "$SANDBOX/uv.hanging"
     exec sleep 60 ;;
   slow-install) sleep 1 ;;
 esac
