@@ -5,7 +5,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Seek};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use time::OffsetDateTime;
@@ -140,9 +140,25 @@ pub enum Probe {
     Stale { payload: Payload, id: FileId },
     /// A regular file whose exclusive lock is contended: someone is alive.
     Held { payload: Payload, id: FileId },
-    /// Something we cannot verify (a link, a FIFO, an identity change…).
+    /// Something we cannot verify (a link, a FIFO, a second hard link…).
     /// Callers refuse; they never signal on it.
     Unverifiable { reason: String },
+    /// A state that churn produces and resolves (the file vanished between
+    /// `lstat` and `open`, or was replaced during the probe): unverifiable
+    /// now, worth a bounded settle-and-retry before it is refused.
+    Transient { reason: String },
+}
+
+/// Why a probe could not decide.
+enum Fail {
+    Persistent(String),
+    Transient(String),
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Fail {
+        Fail::Persistent(s)
+    }
 }
 
 fn identity(meta: &fs::Metadata) -> FileId {
@@ -152,55 +168,75 @@ fn identity(meta: &fs::Metadata) -> FileId {
 /// `probe_pid_file` (contract §3.2), with the flock taken on the very
 /// descriptor whose bytes were read.
 pub fn probe(path: &Path) -> Probe {
-    match probe_inner(path) {
+    probe_with(path, &|| {})
+}
+
+/// [`probe`], with `between` run after the `lstat` and before the `open`
+/// (tests stage the races of a churning runtime dir there).
+pub(crate) fn probe_with(path: &Path, between: &dyn Fn()) -> Probe {
+    match probe_inner(path, between) {
         Ok(p) => p,
-        Err(reason) => Probe::Unverifiable { reason },
+        Err(Fail::Persistent(reason)) => Probe::Unverifiable { reason },
+        Err(Fail::Transient(reason)) => Probe::Transient { reason },
     }
 }
 
-fn probe_inner(path: &Path) -> Result<Probe, String> {
+fn probe_inner(path: &Path, between: &dyn Fn()) -> Result<Probe, Fail> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     let pmeta = match fs::symlink_metadata(parent) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
         Err(e) => {
-            return Err(format!(
+            return Err(Fail::Persistent(format!(
                 "cannot inspect pid parent {}: {e}",
                 parent.display()
-            ))
+            )))
         }
     };
     if pmeta.file_type().is_symlink() {
         return match fs::metadata(parent) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Missing),
-            _ => Err(format!(
+            _ => Err(Fail::Persistent(format!(
                 "pid parent {} is redirected or not a directory",
                 parent.display()
-            )),
+            ))),
         };
     }
     if !pmeta.is_dir() {
-        return Err(format!(
+        return Err(Fail::Persistent(format!(
             "pid parent {} is redirected or not a directory",
             parent.display()
-        ));
+        )));
     }
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
-        Err(e) => return Err(format!("cannot stat pid path {}: {e}", path.display())),
+        Err(e) => {
+            return Err(Fail::Persistent(format!(
+                "cannot stat pid path {}: {e}",
+                path.display()
+            )))
+        }
     };
     if !meta.file_type().is_file() {
         let what = file_kind(&meta);
-        return Err(format!(
+        return Err(Fail::Persistent(format!(
             "pid path {} is not a regular file ({what})",
             path.display()
-        ));
+        )));
     }
+    check_links(&meta, path)?;
     let before = identity(&meta);
     let pid_before = identity(&pmeta);
-    let mut file =
-        open_nofollow(path).map_err(|e| format!("cannot open pid path {}: {e}", path.display()))?;
+    between();
+    let mut file = open_nofollow(path).map_err(|e| {
+        let msg = format!("cannot open pid path {}: {e}", path.display());
+        match e.kind() {
+            // Unlinked between the lstat and the open: a server exiting.
+            io::ErrorKind::NotFound => Fail::Transient(msg),
+            _ => Fail::Persistent(msg),
+        }
+    })?;
     check_identity(&file, path, before, parent, pid_before)?;
     let mut buf = Vec::with_capacity(64);
     let payload = match (&mut file)
@@ -217,7 +253,12 @@ fn probe_inner(path: &Path) -> Result<Probe, String> {
     let contended = match try_flock(&file, libc::LOCK_EX) {
         Ok(true) => false,
         Ok(false) => true,
-        Err(e) => return Err(format!("cannot lock pid path {}: {e}", path.display())),
+        Err(e) => {
+            return Err(Fail::Persistent(format!(
+                "cannot lock pid path {}: {e}",
+                path.display()
+            )))
+        }
     };
     check_identity(&file, path, before, parent, pid_before)?;
     if contended {
@@ -262,25 +303,45 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// A pid file must be the only name of its inode: a second name (a hard
+/// link to another program's lock file) would let that program's lock pass
+/// for a memtomem server's.
+fn check_links(meta: &fs::Metadata, path: &Path) -> Result<(), Fail> {
+    match meta.nlink() {
+        1 => Ok(()),
+        n => Err(Fail::Persistent(format!(
+            "pid path {} has {n} hard links (it may be another program's lock file)",
+            path.display()
+        ))),
+    }
+}
+
 fn check_identity(
     file: &File,
     path: &Path,
     id: FileId,
     parent: &Path,
     parent_id: FileId,
-) -> Result<(), String> {
-    let changed = || format!("pid path {} changed identity during probe", path.display());
+) -> Result<(), Fail> {
+    // A replaced file is what a restarting server leaves: transient.
+    let changed = || {
+        Fail::Transient(format!(
+            "pid path {} changed identity during probe",
+            path.display()
+        ))
+    };
     let fmeta = file.metadata().map_err(|_| changed())?;
     if !fmeta.is_file() || identity(&fmeta) != id {
         return Err(changed());
     }
+    check_links(&fmeta, path)?;
     match fs::symlink_metadata(parent) {
         Ok(m) if m.is_dir() && identity(&m) == parent_id => {}
         _ => {
-            return Err(format!(
+            return Err(Fail::Persistent(format!(
                 "pid parent {} is redirected or not a directory",
                 parent.display()
-            ))
+            )))
         }
     }
     match fs::symlink_metadata(path) {
@@ -362,6 +423,13 @@ pub fn unlink_if_stale(path: &Path) -> Result<Unlink, String> {
             "{} is not a regular file ({}); not removing it",
             path.display(),
             file_kind(&meta)
+        ));
+    }
+    if meta.nlink() != 1 {
+        return Err(format!(
+            "{} has {} hard links; not removing it",
+            path.display(),
+            meta.nlink()
         ));
     }
     let file = match open_nofollow(path) {

@@ -122,7 +122,7 @@ mod tests {
             started: None,
             evidence: vec![],
             problem: problem.map(str::to_string),
-            gap: false,
+            transient: false,
             file_id: Some(crate::sys::FileId {
                 dev: 1,
                 ino: pid.unwrap_or(0) as u64,
