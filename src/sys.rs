@@ -478,65 +478,38 @@ impl FileId {
 
 /// Exchange two directory entries atomically (`renameat2(RENAME_EXCHANGE)`;
 /// `renamex_np(RENAME_SWAP)` on macOS). Both must exist, on one filesystem.
-#[cfg(target_os = "linux")]
 pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: two NUL-terminated paths, relative to the current directory.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(target_os = "macos")]
-pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
-    extern "C" {
-        fn renamex_np(
-            from: *const libc::c_char,
-            to: *const libc::c_char,
-            flags: libc::c_uint,
-        ) -> libc::c_int;
-    }
-    const RENAME_SWAP: libc::c_uint = 0x2;
-    // SAFETY: two NUL-terminated paths.
-    let rc = unsafe { renamex_np(ca.as_ptr(), cb.as_ptr(), RENAME_SWAP) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    #[cfg(target_os = "linux")]
+    let flags = libc::RENAME_EXCHANGE;
+    #[cfg(target_os = "macos")]
+    let flags = 0x2; // RENAME_SWAP
+    rename_with(a, b, flags as libc::c_uint)
 }
 
 /// Rename that never replaces an existing entry (`RENAME_NOREPLACE`; on
 /// macOS `RENAME_EXCL`).
 pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    let flags = libc::RENAME_NOREPLACE;
+    #[cfg(target_os = "macos")]
+    let flags = 0x4; // RENAME_EXCL
+    rename_with(from, to, flags as libc::c_uint)
+}
+
+/// `renameat2` (Linux) or `renamex_np` (macOS) with `flags`.
+fn rename_with(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let cf = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let ct = std::ffi::CString::new(to.as_os_str().as_bytes())?;
     #[cfg(target_os = "linux")]
-    // SAFETY: two NUL-terminated paths.
+    // SAFETY: two NUL-terminated paths, relative to the current directory.
     let rc = unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
             cf.as_ptr(),
             libc::AT_FDCWD,
             ct.as_ptr(),
-            libc::RENAME_NOREPLACE,
+            flags,
         )
     };
     #[cfg(target_os = "macos")]
@@ -548,9 +521,8 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
                 flags: libc::c_uint,
             ) -> libc::c_int;
         }
-        const RENAME_EXCL: libc::c_uint = 0x4;
         // SAFETY: two NUL-terminated paths.
-        unsafe { renamex_np(cf.as_ptr(), ct.as_ptr(), RENAME_EXCL) }
+        unsafe { renamex_np(cf.as_ptr(), ct.as_ptr(), flags) }
     };
     if rc == 0 {
         Ok(())
