@@ -1,7 +1,8 @@
 //! Stage 1: find every live memtomem instance. Liveness is the flock, never
-//! "the pid exists", and a process becomes a stop target only when `/proc`
-//! proves it holds the lock its pid file is about (or, for processes without a
-//! pid file, that it runs code of this tool's installation).
+//! "the pid exists". Discovery gathers the facts; whether a process may
+//! become a stop target is decided by the rules of [`crate::proof`] (it
+//! holds the lock its pid file is about, or it runs this installation's
+//! interpreter on one of its entry points).
 
 use std::fs;
 use std::io;
@@ -13,6 +14,8 @@ use serde::Serialize;
 
 use crate::paths::{self, PathEnv};
 use crate::pidfile::{self, LegacyMode, Payload, Probe};
+use crate::proof;
+pub use crate::proof::Installation;
 use crate::sys::{self, FileId, Pid, ProcStat, RunState};
 
 /// What kind of memtomem process an instance is.
@@ -119,209 +122,9 @@ impl Inventory {
         out
     }
 
+    /// The instances [`proof::proven`] lets the stop stage act on.
     pub fn targets(&self) -> impl Iterator<Item = &Instance> {
-        self.instances
-            .iter()
-            .filter(|i| i.pid.is_some() && i.problem.is_none())
-    }
-}
-
-/// Where this tool's installation lives, to prove a process belongs to it.
-#[derive(Debug, Clone, Default)]
-pub struct Installation {
-    /// uv's tool dir exactly as uv named it (the transaction's layout checks
-    /// it is absolute); `None` when uv printed nothing.
-    pub tool_dir: Option<PathBuf>,
-    /// uv's bin dir, for entry-point links.
-    pub bin_dir: Option<PathBuf>,
-    /// `<uv tool dir>/memtomem`, only when it is verified: an absolute path
-    /// naming a real directory that holds a uv receipt. Without it nothing
-    /// is proven by installation (a relative or empty path would make any
-    /// process whose argv[0] is `memtomem` "ours").
-    pub env_dir: Option<PathBuf>,
-    /// The console scripts the receipt lists (`memtomem`, `mm`,
-    /// `memtomem-server`…): the entry points a process may run.
-    pub entry_points: Vec<String>,
-}
-
-impl Installation {
-    /// Ask uv where its tools and entry points live.
-    pub fn from_uv(uv: &crate::install::Uv) -> Result<Installation, crate::install::UvError> {
-        let (tool_dir, bin_dir) = uv.tool_dirs()?;
-        Ok(Installation::at(tool_dir, bin_dir))
-    }
-
-    /// The installation under `tool_dir`, verified as [`Installation::env_dir`] says.
-    pub fn at(tool_dir: PathBuf, bin_dir: Option<PathBuf>) -> Installation {
-        let tool_dir = (!tool_dir.as_os_str().is_empty()).then_some(tool_dir);
-        let env_dir = tool_dir
-            .as_ref()
-            .map(|t| t.join(crate::install::PACKAGE))
-            .filter(|e| verified_env(e));
-        let entry_points = env_dir
-            .as_deref()
-            .and_then(|e| crate::receipt::read(e).ok())
-            .map(|r| r.entrypoints.into_iter().map(|e| e.name).collect())
-            .unwrap_or_default();
-        Installation {
-            tool_dir,
-            bin_dir: bin_dir.filter(|b| !b.as_os_str().is_empty()),
-            env_dir,
-            entry_points,
-        }
-    }
-
-    /// uv's tool dir (the environment's parent).
-    pub fn tool_dir(&self) -> Option<&Path> {
-        self.tool_dir.as_deref()
-    }
-
-    /// Evidence that `pid` runs this installation's own interpreter on one
-    /// of its entry points, if it does. Only the process's executable, argv
-    /// and working directory are read; nothing of it is executed, and an
-    /// argument that merely names a file inside the env proves nothing.
-    pub fn evidence(&self, pid: Pid) -> Option<String> {
-        let env_dir = self.env_dir.as_ref()?;
-        let argv = sys::cmdline(pid);
-        let cwd = || fs::read_link(format!("/proc/{pid}/cwd")).ok();
-        let exe = fs::metadata(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|m| FileId::of(&m));
-        runs_entry_point(env_dir, &self.entry_points, &argv, exe, cwd)
-    }
-}
-
-/// A directory (not a link) at an absolute path, holding uv's receipt.
-fn verified_env(env: &Path) -> bool {
-    env.is_absolute()
-        && fs::symlink_metadata(env).is_ok_and(|m| m.is_dir())
-        && fs::symlink_metadata(env.join(crate::receipt::FILE)).is_ok_and(|m| m.is_file())
-}
-
-/// How a Python command line says what to run (CPython's own option rules).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PyLaunch {
-    /// `-m <module>`
-    Module(String),
-    /// A script path, as Python will open it.
-    Script(String),
-    /// `-c <code>`, `-` (stdin) or an interactive session.
-    Other,
-}
-
-/// Parse what a Python interpreter runs from its arguments (after argv[0]):
-/// grouped flags (`-BEs`), options with an argument (`-W`, `-X`, attached
-/// or separate, `--check-hash-based-pycs`), `-m`/`-c` ending the options,
-/// `--`, and the first operand as the script.
-pub fn python_launch(args: &[String]) -> PyLaunch {
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        if a == "--" {
-            return args
-                .get(i + 1)
-                .map_or(PyLaunch::Other, |s| PyLaunch::Script(s.clone()));
-        }
-        if a == "-" || !a.starts_with('-') {
-            return match a {
-                "-" => PyLaunch::Other,
-                _ => PyLaunch::Script(a.to_string()),
-            };
-        }
-        if let Some(long) = a.strip_prefix("--") {
-            // Only one long option takes a separate value.
-            i += if long == "check-hash-based-pycs" {
-                2
-            } else {
-                1
-            };
-            continue;
-        }
-        let flags = &a[1..];
-        for (k, c) in flags.char_indices() {
-            let rest = &flags[k + c.len_utf8()..];
-            match c {
-                'm' | 'c' | 'W' | 'X' => {
-                    let value = if rest.is_empty() {
-                        i += 1;
-                        args.get(i).cloned()
-                    } else {
-                        Some(rest.to_string())
-                    };
-                    match c {
-                        'm' => return value.map_or(PyLaunch::Other, PyLaunch::Module),
-                        'c' => return PyLaunch::Other,
-                        _ => break,
-                    }
-                }
-                _ => {}
-            }
-        }
-        i += 1;
-    }
-    PyLaunch::Other
-}
-
-/// Rule (b): the process runs this installation's own interpreter on one
-/// of its entry points.
-/// - argv[0] names a `python*` in the env's `bin/` (that is how Python knows
-///   it is the env's interpreter), and the running executable is the very
-///   file that path leads to;
-/// - Python runs `-m memtomem…`, or a script that resolves (links followed,
-///   a relative path against the process's working directory) to one of the
-///   receipt's entry points in the env's `bin/`.
-pub fn runs_entry_point(
-    env_dir: &Path,
-    entry_points: &[String],
-    argv: &[String],
-    exe: Option<FileId>,
-    cwd: impl Fn() -> Option<PathBuf>,
-) -> Option<String> {
-    let bin = env_dir.join("bin");
-    let bin_id = fs::metadata(&bin).ok().map(|m| FileId::of(&m))?;
-    let resolve = |p: &str| -> Option<PathBuf> {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            Some(p.to_path_buf())
-        } else if p.components().count() > 1 {
-            Some(cwd()?.join(p))
-        } else {
-            // A bare name was found on PATH, which we do not read.
-            None
-        }
-    };
-    let in_bin = |p: &Path| {
-        p.parent()
-            .and_then(|d| fs::metadata(d).ok())
-            .is_some_and(|m| FileId::of(&m) == bin_id)
-    };
-    let argv0 = resolve(argv.first()?)?;
-    let is_python = argv0
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("python"));
-    if !is_python || !in_bin(&argv0) {
-        return None;
-    }
-    let interp = fs::metadata(&argv0).ok().map(|m| FileId::of(&m))?;
-    if exe? != interp {
-        return None;
-    }
-    match python_launch(&argv[1..]) {
-        PyLaunch::Module(m) if m == "memtomem" || m.starts_with("memtomem.") => Some(format!(
-            "runs this installation's interpreter {} -m {m}",
-            argv0.display()
-        )),
-        PyLaunch::Script(s) => {
-            let script = fs::canonicalize(resolve(&s)?).ok()?;
-            let name = script.file_name()?.to_string_lossy().into_owned();
-            (in_bin(&script) && entry_points.contains(&name)).then(|| {
-                format!(
-                    "runs this installation's interpreter {} on its entry point {s}",
-                    argv0.display()
-                )
-            })
-        }
-        _ => None,
+        self.instances.iter().filter(|i| proof::proven(i))
     }
 }
 
@@ -418,7 +221,9 @@ pub fn discover(scope: &Scope) -> Inventory {
     // Presence/instance markers whose holder owns no pid file: secondary
     // servers. Stoppable only with proof they run this installation.
     for (pid, marker) in marker_pids {
-        if inv.instances.iter().any(|i| i.pid == Some(pid)) || scope.protected.contains(&pid) {
+        if inv.instances.iter().any(|i| i.pid == Some(pid))
+            || proof::never_signalled(pid, scope.protected)
+        {
             continue;
         }
         let Some(st) = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie) else {
@@ -473,7 +278,9 @@ pub fn discover(scope: &Scope) -> Inventory {
 fn scan_installation(inv: &mut Inventory, scope: &Scope) {
     use std::os::unix::fs::MetadataExt as _;
     for pid in sys::all_pids() {
-        if scope.protected.contains(&pid) || inv.instances.iter().any(|i| i.pid == Some(pid)) {
+        if proof::never_signalled(pid, scope.protected)
+            || inv.instances.iter().any(|i| i.pid == Some(pid))
+        {
             continue;
         }
         let Some(argv) = sys::read_proc(&format!("/proc/{pid}/cmdline")) else {
@@ -587,9 +394,8 @@ fn collect_markers(
                     // The name is only a claim: require that the named
                     // process really holds the marker's lock.
                     let pid = marker.pid as Pid;
-                    let held_by_named = sys::open_files_of(pid, m.dev(), m.ino())
-                        .iter()
-                        .any(|o| o.flock.is_some());
+                    let held_by_named =
+                        proof::holds_lock(&sys::open_files_of(pid, m.dev(), m.ino()));
                     if held_by_named {
                         out.push((pid, path));
                         continue;
@@ -725,7 +531,7 @@ fn attribute(
     };
     let named = payload.signalable_pid();
     if let Some(pid) = named {
-        if scope.protected.contains(&pid) {
+        if proof::never_signalled(pid, scope.protected) {
             let holders = find_holders(id, scope, table);
             return vec![base(
                 None,
@@ -742,10 +548,7 @@ fn attribute(
         }
         let st = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie);
         if let Some(st) = &st {
-            if sys::open_files_of(pid, id.dev, id.ino)
-                .iter()
-                .any(|o| o.flock.is_some())
-            {
+            if proof::holds_lock(&sys::open_files_of(pid, id.dev, id.ino)) {
                 let evidence = vec![format!("pid {pid} holds the flock on {}", path.display())];
                 return vec![base(Some(pid), Some(st), evidence, None, false)];
             }
@@ -836,7 +639,7 @@ fn find_holders(id: FileId, scope: &Scope, table: &mut Option<Vec<ProcStat>>) ->
     let table = table.get_or_insert_with(sys::process_table);
     let pids: Vec<Pid> = table
         .iter()
-        .filter(|s| s.state != RunState::Zombie && !scope.protected.contains(&s.pid))
+        .filter(|s| s.state != RunState::Zombie && !proof::never_signalled(s.pid, scope.protected))
         .map(|s| s.pid)
         .collect();
     let holders = sys::flock_holders(&pids, id.dev, id.ino);
@@ -849,17 +652,16 @@ fn find_holders(id: FileId, scope: &Scope, table: &mut Option<Vec<ProcStat>>) ->
 
 /// Re-run discovery while a transient state is visible (a startup gap, a
 /// holder in mid-exit, a pid file that vanished or was replaced during its
-/// probe): 50, 100, 200 ms as upstream (contract §4.5), then 400 and 800 ms,
-/// because a server with a marker may wait up to 0.5 s for a pid lock its
-/// predecessor still holds. Only an unsettled inventory costs time; a
-/// complete one returns at once, and what stays unverifiable is refused.
+/// probe), on the schedule of [`proof::SETTLE`]. Only an unsettled inventory
+/// costs time; a complete one returns at once, and what stays unverifiable
+/// is refused.
 pub fn discover_stable(scope: &Scope, sleep: &dyn Fn(Duration)) -> Inventory {
     let mut inv = discover(scope);
-    for ms in [50, 100, 200, 400, 800] {
+    for pause in proof::SETTLE {
         if !inv.unsettled() {
             break;
         }
-        sleep(Duration::from_millis(ms));
+        sleep(pause);
         inv = discover(scope);
     }
     inv
@@ -868,187 +670,9 @@ pub fn discover_stable(scope: &Scope, sleep: &dyn Fn(Duration)) -> Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, PermissionsExt};
-    use std::os::unix::process::CommandExt;
-    use std::process::{Child, Command, Stdio};
-    use std::time::Instant;
-
-    /// A child process killed (with its group) and reaped on drop.
-    struct Proc(Child);
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    impl Proc {
-        fn spawn(cmd: &mut Command) -> Proc {
-            Proc(
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .process_group(0)
-                    .spawn()
-                    .unwrap(),
-            )
-        }
-        fn pid(&self) -> Pid {
-            self.0.id() as Pid
-        }
-        /// Wait until the exec happened: its argv is `want`.
-        fn exec_done(self, want: &[&str]) -> Proc {
-            let pid = self.pid();
-            wait_for(|| sys::cmdline(pid) == want, "exec");
-            self
-        }
-    }
-
-    fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ok() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn s(p: &Path) -> String {
-        p.to_str().unwrap().to_string()
-    }
-
-    /// A uv tool dir with a memtomem env: receipt listing `memtomem-server`,
-    /// `bin/python` (a link to /bin/sh, standing in for the interpreter) and
-    /// the entry point (a shell script that idles), and a bin-dir link.
-    struct Env {
-        tmp: tempfile::TempDir,
-    }
-    impl Env {
-        fn new() -> Env {
-            let tmp = tempfile::tempdir().unwrap();
-            let env = tmp.path().join("tools/memtomem");
-            fs::create_dir_all(env.join("bin")).unwrap();
-            fs::create_dir_all(env.join("lib")).unwrap();
-            fs::create_dir_all(tmp.path().join("bin")).unwrap();
-            fs::write(
-                env.join("uv-receipt.toml"),
-                "[tool]\nrequirements = [{ name = \"memtomem\" }]\nentrypoints = [\n    { name = \"memtomem-server\", install-path = \"/b/memtomem-server\", from = \"memtomem\" },\n]\n",
-            )
-            .unwrap();
-            symlink("/bin/sh", env.join("bin/python")).unwrap();
-            for f in ["bin/memtomem-server", "lib/x.py"] {
-                fs::write(env.join(f), "sleep 30 & wait\n").unwrap();
-                fs::set_permissions(env.join(f), fs::Permissions::from_mode(0o755)).unwrap();
-            }
-            symlink(
-                env.join("bin/memtomem-server"),
-                tmp.path().join("bin/memtomem-server"),
-            )
-            .unwrap();
-            Env { tmp }
-        }
-        fn path(&self, rel: &str) -> PathBuf {
-            self.tmp.path().join(rel)
-        }
-        fn install(&self) -> Installation {
-            Installation::at(self.path("tools"), Some(self.path("bin")))
-        }
-    }
-
-    #[test]
-    fn the_envs_interpreter_on_one_of_its_entry_points_is_proof() {
-        let e = Env::new();
-        let install = e.install();
-        assert_eq!(install.entry_points, vec!["memtomem-server".to_string()]);
-        let py = s(&e.path("tools/memtomem/bin/python"));
-        // Direct, and through uv's bin-dir link (the path the shebang got).
-        for script in [
-            e.path("tools/memtomem/bin/memtomem-server"),
-            e.path("bin/memtomem-server"),
-        ] {
-            let p = Proc::spawn(Command::new(&py).arg(&script))
-                .exec_done(&[py.as_str(), s(&script).as_str()]);
-            let proof = install.evidence(p.pid()).expect("proven");
-            assert!(proof.contains("entry point"), "{proof}");
-        }
-    }
-
-    /// Finding 1: a pager (or anything) with a file of the env among its
-    /// arguments, and even the env's interpreter on a file that is not an
-    /// entry point, is not this installation's server.
-    #[test]
-    fn an_argument_naming_a_file_inside_the_env_is_not_proof() {
-        let e = Env::new();
-        let install = e.install();
-        let file = s(&e.path("tools/memtomem/lib/x.py"));
-        // `less <env>/lib/x.py`: GNU tail, named less, following the file.
-        let pager = Proc::spawn(Command::new("tail").arg0("less").args([&file, "-f"]))
-            .exec_done(&["less", file.as_str(), "-f"]);
-        assert_eq!(install.evidence(pager.pid()), None);
-        // An interpreter of its own on a file of the env.
-        let sh = Proc::spawn(Command::new("/bin/sh").arg(&file)).exec_done(&["/bin/sh", &file]);
-        assert_eq!(install.evidence(sh.pid()), None);
-        // The env's interpreter, but on a file that is not an entry point.
-        let py = s(&e.path("tools/memtomem/bin/python"));
-        let lib = Proc::spawn(Command::new(&py).arg(&file)).exec_done(&[&py, &file]);
-        assert_eq!(install.evidence(lib.pid()), None);
-        // argv[0] claims the env's interpreter, but another program runs.
-        let script = s(&e.path("tools/memtomem/bin/memtomem-server"));
-        let liar = Proc::spawn(Command::new("tail").arg0(&py).args(["-f", &script]))
-            .exec_done(&[&py, "-f", &script]);
-        assert_eq!(install.evidence(liar.pid()), None);
-    }
-
-    /// Finding 2: `uv tool dir` printing nothing made the installation the
-    /// relative path `memtomem`, and any `memtomem` process "ours".
-    #[test]
-    fn an_installation_path_that_is_not_absolute_and_verified_proves_nothing() {
-        let e = Env::new();
-        let uv = e.path("uv");
-        fs::write(&uv, "#!/bin/sh\nexit 0\n").unwrap();
-        fs::set_permissions(&uv, fs::Permissions::from_mode(0o755)).unwrap();
-        let uv = crate::install::Uv {
-            program: uv,
-            timeout: Duration::from_secs(10),
-            interruptible: false,
-        };
-        let install = Installation::from_uv(&uv).unwrap();
-        assert_eq!((&install.tool_dir, &install.env_dir), (&None, &None));
-        let named = Proc::spawn(Command::new("sleep").arg0("memtomem").arg("30"))
-            .exec_done(&["memtomem", "30"]);
-        assert_eq!(install.evidence(named.pid()), None);
-        // Absolute, but without uv's receipt: not verified either, even for
-        // the env's interpreter on its entry point.
-        fs::remove_file(e.path("tools/memtomem/uv-receipt.toml")).unwrap();
-        let unverified = e.install();
-        assert_eq!(unverified.env_dir, None);
-        let py = s(&e.path("tools/memtomem/bin/python"));
-        let script = s(&e.path("tools/memtomem/bin/memtomem-server"));
-        let p = Proc::spawn(Command::new(&py).arg(&script)).exec_done(&[&py, &script]);
-        assert_eq!(unverified.evidence(p.pid()), None);
-    }
-
-    #[test]
-    fn python_command_lines_are_read_as_python_reads_them() {
-        let v = |a: &[&str]| python_launch(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        let m = |s: &str| PyLaunch::Module(s.into());
-        let sc = |s: &str| PyLaunch::Script(s.into());
-        assert_eq!(v(&["-m", "memtomem.server"]), m("memtomem.server"));
-        assert_eq!(v(&["-BEs", "-mmemtomem.server"]), m("memtomem.server"));
-        assert_eq!(
-            v(&["-W", "ignore", "-X", "dev", "/e/bin/mm", "serve"]),
-            sc("/e/bin/mm")
-        );
-        assert_eq!(v(&["-Wignore", "--", "-x.py"]), sc("-x.py"));
-        assert_eq!(v(&["--check-hash-based-pycs", "never", "s.py"]), sc("s.py"));
-        // The script is the first operand: later arguments are its own.
-        assert_eq!(v(&["/tmp/a.py", "-m", "memtomem"]), sc("/tmp/a.py"));
-        assert_eq!(v(&["-c", "import memtomem", "/e/bin/mm"]), PyLaunch::Other);
-        assert_eq!(v(&["-Ic", "x"]), PyLaunch::Other);
-        assert_eq!(v(&["-"]), PyLaunch::Other);
-        assert_eq!(v(&[]), PyLaunch::Other);
-        assert_eq!(v(&["-m"]), PyLaunch::Other);
-    }
+    use crate::testutil::{wait_for, Proc};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
 
     /// Finding 5: a pid file unlinked between its `lstat` and `open`, or
     /// replaced during the probe, is what a churning server leaves: a

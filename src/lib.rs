@@ -5,10 +5,11 @@
 //! through [`sys`] (processes, `/proc`) and [`install::Uv`] (the uv binary), so
 //! the logic is testable without real processes.
 //!
-//! Invariants: a process is signalled only when `/proc` proves it holds the
-//! lock of a memtomem pid file (or runs code of this tool's installation);
-//! never pid ≤ 1, never ourselves or an ancestor, never a process group;
-//! files are removed only while we hold their lock.
+//! Invariants: a process is signalled only with a proof of [`proof`] (it
+//! holds the lock of a memtomem pid file, or runs this installation's
+//! interpreter on one of its entry points); never pid ≤ 1, never ourselves
+//! or an ancestor, never a process group; files are removed only while we
+//! hold their lock.
 
 pub mod clean;
 pub mod cli;
@@ -21,12 +22,15 @@ pub mod interrupt;
 pub mod paths;
 pub mod pidfile;
 pub mod plan;
+pub mod proof;
 pub mod receipt;
 pub mod recover;
 pub mod run;
 pub mod status;
 pub mod stop;
 pub mod sys;
+#[cfg(test)]
+mod testutil;
 pub mod txn;
 pub mod ui;
 pub mod verify;

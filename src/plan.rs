@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::discover::{Instance, Inventory};
+use crate::proof;
 use crate::stop::StopTarget;
 use crate::sys::{self, Pid, ProcStat};
 
@@ -81,7 +82,7 @@ pub fn targets_from_table(
 ) -> Vec<StopTarget> {
     let mut out: Vec<StopTarget> = Vec::new();
     let mut push = |t: StopTarget| {
-        if t.pid > 1 && !protected.contains(&t.pid) && !out.iter().any(|o| o.pid == t.pid) {
+        if !proof::never_signalled(t.pid, protected) && !out.iter().any(|o| o.pid == t.pid) {
             out.push(t);
         }
     };
@@ -120,7 +121,7 @@ mod tests {
             start_ticks: 10,
             ppid: 1,
             started: None,
-            evidence: vec![],
+            evidence: vec!["holds the flock".into()],
             problem: problem.map(str::to_string),
             transient: false,
             file_id: Some(crate::sys::FileId {

@@ -166,6 +166,14 @@ pub fn stop_all<O: ProcessOps>(
 
     for (idx, t) in targets.iter().enumerate() {
         let rec = &mut records[idx];
+        // Defence in depth: the plan never hands these over.
+        if crate::proof::never_signalled(t.pid, &[]) {
+            rec.error = Some(format!(
+                "refusing to signal pid {}: pid ≤ 1 or mm-upgrade itself",
+                t.pid
+            ));
+            continue;
+        }
         let handle = match ops.open(t.pid, t.start_ticks) {
             Ok(Some(h)) => h,
             Ok(None) => {
@@ -503,6 +511,18 @@ mod tests {
         assert!(r.iter().all(|r| r.signals == vec!["SIGTERM", "SIGKILL"]));
         // One grace period in all, not eight.
         assert!(f.now() < Duration::from_secs(6), "{:?}", f.now());
+    }
+
+    #[test]
+    fn pid_one_and_ourselves_are_never_signalled_whatever_the_plan_says() {
+        let f = Fake::default();
+        let me = std::process::id() as Pid;
+        for pid in [1, me] {
+            f.add(pid, proc(Some(1)));
+        }
+        let r = stop_all(&f, &[target(1), target(me)], CFG);
+        assert!(r.iter().all(|r| r.signals.is_empty() && r.error.is_some()));
+        assert!(f.log.borrow().is_empty());
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! release was proven before anything stopped: [`crate::txn::prove`].)
 
 use crate::discover::{Instance, Inventory};
+use crate::proof;
 
 /// Split live targets into old (started no later than the install finished)
 /// and new generation. Start times come from `/proc` in boot-clock ticks, not
 /// from payload stamps, so a file cannot make an old process look new. A
 /// process that started within the install's own tick counts as old.
 pub fn split_generations(inv: &Inventory, installed_ticks: u64) -> (Vec<Instance>, Vec<Instance>) {
-    inv.targets()
+    inv.instances
+        .iter()
+        .filter(|i| proof::proven(i))
         .cloned()
         .partition(|i| i.start_ticks <= installed_ticks)
 }
