@@ -88,7 +88,9 @@ fn server_version(sc: &Scratch) -> String {
     fs::create_dir_all(&rt).unwrap();
     let mut c = Command::new(sc.bin.join("memtomem-server"));
     sc.env(&mut c);
+    // The runtime dir override needs PYTEST_CURRENT_TEST (memtomem's hook).
     c.env("_MEMTOMEM_TEST_RUNTIME_DIR", &rt)
+        .env("PYTEST_CURRENT_TEST", "transaction.rs (call)")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -168,7 +168,13 @@ pub fn mcp_initialize(
         }
     }
     cmd.env("HOME", s.join("home"))
+        // memtomem's runtime dir is always /tmp/memtomem-<euid>, shared by
+        // every server of the user; its only override is its own test hook,
+        // honoured only with PYTEST_CURRENT_TEST set. Without both, the
+        // proof's server would register (and, killed, leave a stale pid
+        // file) in the user's runtime dir.
         .env("_MEMTOMEM_TEST_RUNTIME_DIR", s.join("rt"))
+        .env("PYTEST_CURRENT_TEST", "mm-upgrade staged proof (call)")
         .env("TMPDIR", s.join("tmp"))
         .env("XDG_RUNTIME_DIR", s.join("xdg"))
         // The handshake's imports write the bytecode a real start needs
@@ -327,5 +333,55 @@ pub fn compile_bytecode(
         // compileall exits 1 when one file does not compile (as uv, a warning).
         Err(UvError::Failed { code: 1, .. }) => Ok(()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The proof's server sees a scratch HOME and runtime dir, through the
+    /// override memtomem honours (with PYTEST_CURRENT_TEST), and none of the
+    /// caller's MEMTOMEM_* settings: it can never touch the user's files.
+    #[test]
+    fn the_handshake_runs_in_a_sandbox_of_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = bin.join("memtomem-server");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nread line\nprintf '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"serverInfo\":{\"name\":\"%s|%s|%s|%s\",\"version\":\"1\"}}}\\n' \"$PYTEST_CURRENT_TEST\" \"$_MEMTOMEM_TEST_RUNTIME_DIR\" \"$HOME\" \"${MEMTOMEM_STORAGE__SQLITE_PATH:-unset}\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let hs = mcp_initialize(
+            tmp.path(),
+            Duration::from_secs(20),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+        let parts: Vec<&str> = hs.name.split('|').collect();
+        assert_eq!(parts.len(), 4, "{}", hs.name);
+        assert!(
+            !parts[0].is_empty(),
+            "PYTEST_CURRENT_TEST unset: {}",
+            hs.name
+        );
+        let rt = Path::new(parts[1]);
+        assert!(
+            rt.starts_with(std::env::temp_dir()) && rt.ends_with("rt"),
+            "{}",
+            hs.name
+        );
+        assert!(!parts[1].contains("memtomem-"), "{}", hs.name);
+        assert!(
+            parts[2].ends_with("home") && parts[2] != std::env::var("HOME").unwrap_or_default(),
+            "{}",
+            hs.name
+        );
+        // (Whatever this process's environment holds, no MEMTOMEM_* passes.)
+        assert_eq!(parts[3], "unset");
     }
 }
