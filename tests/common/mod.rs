@@ -494,3 +494,17 @@ pub fn exists(p: &Path) -> bool {
 pub fn json_run(cmd: &mut assert_cmd::Command, code: i32) -> serde_json::Value {
     json_of(&cmd.assert().code(code).get_output().stdout)
 }
+
+impl Sandbox {
+    /// Date the installation `ago` in the past (uv writes the receipt last,
+    /// and `status` reads the install time from it).
+    pub fn set_install_time(&self, ago: std::time::Duration) {
+        let receipt = fs::File::options()
+            .write(true)
+            .open(self.path("tools/memtomem/uv-receipt.toml"))
+            .unwrap();
+        receipt
+            .set_modified(std::time::SystemTime::now() - ago)
+            .unwrap();
+    }
+}
