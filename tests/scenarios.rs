@@ -18,7 +18,7 @@
 //!   the commands to poke at the live sandbox (use with `--nocapture` and one scenario;
 //!   see `scripts/run-scenario.sh`).
 //! - `MM_SCENARIO_TIME_SCALE=3`: stretch every runner deadline (slow machines).
-//! - `MM_SCENARIO_BIN_DIR`: where `fake-server` and `fake-uv` are (default: built with cargo).
+//! - `MM_SCENARIO_BIN_DIR`: where `fake-server`, `fake-uv` and `fake-host` are (default: built with cargo).
 //! - `MM_SCENARIO_MM_UPGRADE`: the mm-upgrade binary (default: this package's).
 //! - `MM_SCENARIO_HOSTILE=direct`: run hostile scenarios without a pid namespace.
 //! - `MM_SCENARIO_VERBOSE=1`: print every scenario's report, passed ones too.

@@ -63,7 +63,9 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
     /// Append JSON-lines events (start, lock, ready, signal, fork, respawn, warning, exit).
-    #[arg(long, value_name = "PATH")]
+    /// The environment variable reaches servers a launcher starts (fake-host, an entry
+    /// point): all of them append to one file.
+    #[arg(long, env = "FAKE_SERVER_EVENTS", value_name = "PATH")]
     events: Option<PathBuf>,
     /// Fault mode, repeatable (see the list below).
     #[arg(long = "mode", value_name = "NAME[=ARG]", value_parser = modes::check)]

@@ -121,7 +121,9 @@ pub struct Ready<'a> {
 
 pub fn write_ready(path: &Path, r: &Ready) -> std::io::Result<()> {
     let p = |x: Option<&Path>| x.map(|p| p.to_string_lossy().into_owned());
-    let v = json!({
+    write_json_atomic(
+        path,
+        &json!({
         "pid": r.pid,
         "pids": r.pids,
         "pid_file": p(r.pid_file),
@@ -130,7 +132,13 @@ pub fn write_ready(path: &Path, r: &Ready) -> std::io::Result<()> {
         "runtime_dir": p(r.runtime_dir),
         "started": r.started,
         "procid": r.procid,
-    });
+        }),
+    )
+}
+
+/// Writes `v` and a newline to `path` through a temp file and a rename, so a poller
+/// never reads a half-written object.
+pub fn write_json_atomic(path: &Path, v: &Value) -> std::io::Result<()> {
     let mut tmp = PathBuf::from(path);
     let mut name = path
         .file_name()

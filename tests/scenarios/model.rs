@@ -34,6 +34,8 @@ pub struct Scenario {
     pub servers: Vec<Server>,
     #[serde(default, rename = "bystander")]
     pub bystanders: Vec<Bystander>,
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<Host>,
     #[serde(default, rename = "file")]
     pub files: Vec<FileSpec>,
     #[serde(default)]
@@ -136,6 +138,35 @@ fn default_ready() -> String {
 }
 fn default_true() -> bool {
     true
+}
+
+/// An MCP host (fake-host): keeps a server running from the installed entry point and
+/// starts it again at once whenever it dies, logging every session's version. Started
+/// after the servers; ready once its first session answered `initialize`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub name: String,
+    /// The server command (placeholders allowed); default `["{toolbin}/memtomem-server"]`,
+    /// the entry point uv linked, so a respawn after the switch runs the new release.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Ping the session this often (ms).
+    #[serde(default = "default_ping_ms")]
+    pub ping_ms: u64,
+    /// Start the server again this long after it died (0: at once).
+    #[serde(default)]
+    pub respawn_ms: u64,
+    /// Stop respawning after this many starts (a crash loop stays bounded).
+    #[serde(default = "default_max_spawns")]
+    pub max_spawns: u32,
+}
+
+fn default_ping_ms() -> u64 {
+    20
+}
+fn default_max_spawns() -> u32 {
+    200
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -312,6 +343,9 @@ pub struct Expect {
     /// Per-server outcome.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerExpect>,
+    /// Per-host (`[[host]]`) session expectations.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostExpect>,
     /// Processes (by server name) allowed to be alive at the end besides the servers
     /// expected alive and the bystanders; `"<name>+"` also allows its descendants.
     #[serde(default)]
@@ -359,4 +393,20 @@ pub struct ServerExpect {
     pub not_signals: Vec<String>,
     /// Every process it created (ready file "pids") is dead / alive afterwards.
     pub all_processes: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostExpect {
+    /// No session started after the switch (mm-upgrade's `switched`; another upgrader's
+    /// last successful install) reports the version the sandbox started with, and no
+    /// session of that version is still being served when the upgrader exits. Sessions
+    /// of the old version that started before the switch and answered after it (a
+    /// respawn in flight, retired by the upgrader) are listed in the report.
+    #[serde(default)]
+    pub no_old_version_after_switch: bool,
+    /// At least this many sessions in the host's log.
+    pub min_sessions: Option<usize>,
+    /// The version of the host's last session.
+    pub last_version: Option<String>,
 }

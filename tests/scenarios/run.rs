@@ -72,6 +72,8 @@ struct Proc {
     stdout: PathBuf,
     stderr: PathBuf,
     spec: Option<Server>,
+    /// A `[[host]]`: fake-host's session log (its servers log into `events`).
+    host_log: Option<PathBuf>,
 }
 
 impl Proc {
@@ -617,6 +619,7 @@ impl Runner {
                 stdout: out,
                 stderr: err,
                 spec: None,
+                host_log: None,
             });
         }
         Ok(())
@@ -742,6 +745,7 @@ impl Runner {
                 stdout: out,
                 stderr: err.clone(),
                 spec: Some(s.clone()),
+                host_log: None,
             };
             let deadline = Instant::now() + sys::scaled(10.0);
             match s.ready.as_str() {
@@ -808,6 +812,92 @@ impl Runner {
             }
             self.note(
                 &s.name,
+                "runner-ready",
+                proc_.ready.clone().unwrap_or(Value::Null),
+            );
+            self.procs.push(proc_);
+        }
+        Ok(())
+    }
+
+    /// `[[host]]`: fake-host running the sandbox's installed `memtomem-server` (its
+    /// servers find the runtime dir and their event log through the environment). Counted
+    /// as a server: the session running now is one of the old generation.
+    fn start_hosts(&mut self) -> Result<(), String> {
+        for h in self.sc.hosts.clone() {
+            let ready = self.dir("ready").join(format!("{}.json", h.name));
+            let events = self.dir("events").join(format!("{}.jsonl", h.name));
+            let log = self.dir("events").join(format!("{}.host.jsonl", h.name));
+            let out = self.dir("logs").join(format!("{}.out", h.name));
+            let err = self.dir("logs").join(format!("{}.err", h.name));
+            let command: Vec<String> = if h.command.is_empty() {
+                vec![self
+                    .dir("toolbin")
+                    .join("memtomem-server")
+                    .to_string_lossy()
+                    .into_owned()]
+            } else {
+                h.command
+                    .iter()
+                    .map(|a| self.expand(a))
+                    .collect::<Result<_, _>>()?
+            };
+            let mut cmd = Command::new(self.fake("fake-host"));
+            cmd.arg("--log")
+                .arg(&log)
+                .arg("--ready-file")
+                .arg(&ready)
+                .args(["--ping-ms", &h.ping_ms.to_string()])
+                .args(["--respawn-ms", &h.respawn_ms.to_string()])
+                .args(["--max-spawns", &h.max_spawns.to_string()])
+                .arg("--")
+                .args(&command)
+                .env_clear()
+                .envs(self.base_env())
+                .env("FAKE_SERVER_RUNTIME_DIR", self.dir("runtime"))
+                .env("FAKE_SERVER_EVENTS", &events)
+                .process_group(0)
+                .stdin(Stdio::piped())
+                .stdout(fs::File::create(&out).map_err(|e| e.to_string())?)
+                .stderr(fs::File::create(&err).map_err(|e| e.to_string())?);
+            self.inherit_lock(&mut cmd, None, "host")?;
+            let mut child = cmd.spawn().map_err(|e| format!("host {}: {e}", h.name))?;
+            if let Some(stdin) = child.stdin.take() {
+                self.stdins.push(stdin);
+            }
+            let pid = child.id() as i32;
+            self.note(&h.name, "spawned", json!({"pid": pid, "argv": command}));
+            let spec: Server =
+                toml::from_str(&format!("name = {}", toml::Value::from(h.name.as_str())))
+                    .map_err(|e| e.to_string())?;
+            let mut proc_ = Proc {
+                name: h.name.clone(),
+                is_server: true,
+                spawned: pid,
+                ready: None,
+                pgid: pid,
+                events,
+                stdout: out,
+                stderr: err,
+                spec: Some(spec),
+                host_log: Some(log),
+            };
+            let deadline = Instant::now() + sys::scaled(10.0);
+            if !proc_.ready_from_file(&ready, deadline) {
+                let msg = format!(
+                    "host {}: no session within {:?} ({}): {}",
+                    h.name,
+                    sys::scaled(10.0),
+                    self.reaper
+                        .get(pid)
+                        .map_or("running".into(), |r| sys::describe_status(r.status)),
+                    fs::read_to_string(&proc_.stderr).unwrap_or_default()
+                );
+                self.procs.push(proc_);
+                return Err(msg);
+            }
+            self.note(
+                &h.name,
                 "runner-ready",
                 proc_.ready.clone().unwrap_or(Value::Null),
             );
@@ -1189,6 +1279,11 @@ impl Runner {
             for v in Self::read_jsonl(&p.events) {
                 push(&p.name, "event", v);
             }
+            if let Some(log) = &p.host_log {
+                for v in Self::read_jsonl(log) {
+                    push(&format!("{}.host", p.name), "event", v);
+                }
+            }
         }
         for v in Self::read_jsonl(&self.dir("events").join("upgrader.jsonl")) {
             push("mm", "event", v);
@@ -1420,6 +1515,26 @@ impl Runner {
                 while sys::is_alive(p.pid()) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(5));
                 }
+            }
+        }
+        // A host restarts its server when the upgrader retires the last old one, maybe
+        // just as the upgrader exits: wait for its first session started after the switch
+        // (or for it to give up), so the checks see how the host ended up.
+        let Some(sw) = self.install_end() else {
+            return;
+        };
+        let deadline = Instant::now() + sys::scaled(5.0);
+        for log in self.procs.iter().filter_map(|p| p.host_log.as_ref()) {
+            while Instant::now() < deadline {
+                let done = Self::read_jsonl(log).iter().any(|v| {
+                    v["event"] == "gave-up"
+                        || (v["event"] == "session"
+                            && v["spawned_mono_ns"].as_u64().is_some_and(|m| m > sw))
+                });
+                if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
     }
@@ -1995,10 +2110,16 @@ impl Runner {
             }
         }
 
+        self.check_hosts(&e);
+
         // Nothing left behind.
         let mut allowed: HashSet<i32> = HashSet::new();
         let me = std::process::id() as i32;
         for p in &self.procs {
+            if p.host_log.is_some() {
+                // The host is the client: it runs on (its server is judged by generation).
+                allowed.insert(p.spawned);
+            }
             let want_alive = !p.is_server
                 || e.servers.get(&p.name).and_then(|s| s.outcome.as_deref()) == Some("alive");
             if want_alive {
@@ -2082,6 +2203,98 @@ impl Runner {
         Ok(())
     }
 
+    /// `[[host]]` sessions: what each reported, and when. The client-visible gap is
+    /// reported, never asserted (speed is measured in `bench/`).
+    fn check_hosts(&mut self, e: &Expect) {
+        let old = self.sc.uv.installed.clone();
+        let sw = self.install_end();
+        let at = |src: &str, ev: &str| {
+            self.timeline
+                .iter()
+                .find(|x| x.source == src && x.event == ev)
+                .map(|x| x.mono)
+        };
+        let window = (at("upgrader", "start"), at("upgrader", "exit"));
+        for name in e.hosts.keys() {
+            if !self
+                .procs
+                .iter()
+                .any(|p| &p.name == name && p.host_log.is_some())
+            {
+                self.fail(format!("[expect.hosts.{name}]: no [[host]] named {name:?}"));
+            }
+        }
+        let hosts: Vec<(String, PathBuf)> = self
+            .procs
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.host_log.clone()?)))
+            .collect();
+        for (name, log) in hosts {
+            let sessions = host_sessions(&Self::read_jsonl(&log));
+            self.notes
+                .push(host_summary(&name, &sessions, &old, window));
+            let Some(want) = e.hosts.get(&name) else {
+                continue;
+            };
+            if let Some(n) = want.min_sessions {
+                if sessions.len() < n {
+                    self.fail(format!(
+                        "host {name}: {} sessions, expected at least {n}",
+                        sessions.len()
+                    ));
+                }
+            }
+            if let Some(v) = &want.last_version {
+                let last = sessions.last().map(|s| s.version.as_str());
+                if last != Some(v.as_str()) {
+                    self.fail(format!(
+                        "host {name}: last session reports {last:?}, expected {v}"
+                    ));
+                }
+            }
+            if !want.no_old_version_after_switch {
+                continue;
+            }
+            let Some(sw) = sw else {
+                self.fail(format!(
+                    "host {name}: no_old_version_after_switch, but the upgrader never switched"
+                ));
+                continue;
+            };
+            let ms = |a: u64, b: u64| a.abs_diff(b) as f64 / 1e6;
+            let mut in_flight = vec![];
+            for s in sessions.iter().filter(|s| s.version == old) {
+                if s.spawned > sw {
+                    self.fail(format!(
+                        "host {name}: session {} (pid {}) started {:.1} ms after the switch and reports the old version {old}",
+                        s.n, s.server, ms(s.spawned, sw)
+                    ));
+                } else if s.answered > sw {
+                    in_flight.push(format!(
+                        "session {} (pid {}: started {:.1} ms before, answered {:.1} ms after, served {})",
+                        s.n,
+                        s.server,
+                        ms(sw, s.spawned),
+                        ms(s.answered, sw),
+                        s.died.map_or("until the end".into(), |d| format!("{:.1} ms", ms(d, s.answered)))
+                    ));
+                }
+                if s.died.is_none() && sys::is_alive(s.server) {
+                    self.fail(format!(
+                        "host {name}: session {} (pid {}) of the old version {old} is still served after the upgrade",
+                        s.n, s.server
+                    ));
+                }
+            }
+            if !in_flight.is_empty() {
+                self.notes.push(format!(
+                    "host {name}: old-version sessions in flight at the switch (respawned before it, retired after): {}",
+                    in_flight.join(", ")
+                ));
+            }
+        }
+    }
+
     // ---- report ----------------------------------------------------------------------------
 
     fn report(&self, setup_error: Option<&str>) -> String {
@@ -2122,7 +2335,11 @@ impl Runner {
         for p in &self.procs {
             r.push_str(&format!(
                 "--- {} {} (spawned pid {}, pid {}, pgid {}): {}\n",
-                if p.is_server { "server" } else { "bystander" },
+                match (p.is_server, &p.host_log) {
+                    (_, Some(_)) => "host",
+                    (true, None) => "server",
+                    (false, None) => "bystander",
+                },
                 p.name,
                 p.spawned,
                 p.pid(),
@@ -2131,6 +2348,11 @@ impl Runner {
             ));
             if let Some(rd) = &p.ready {
                 r.push_str(&format!("  ready: {rd}\n"));
+            }
+            if let Some(log) = &p.host_log {
+                for v in Self::read_jsonl(log) {
+                    r.push_str(&format!("  host: {v}\n"));
+                }
             }
             for v in Self::read_jsonl(&p.events) {
                 r.push_str(&format!("  {v}\n"));
@@ -2225,6 +2447,7 @@ pub fn run_one(cfg: Config) -> (Outcome, String) {
             r.plant_files("before-servers")?;
             r.start_bystanders()?;
             r.start_servers()?;
+            r.start_hosts()?;
             r.plant_files("after-servers")?;
             let managed = r.write_managed_pids()?;
             r.run_upgrader(&managed)?;
@@ -2855,4 +3078,108 @@ impl SwitchSnapshot {
             alive,
         }
     }
+}
+
+/// One MCP session of a `[[host]]`, from fake-host's log (CLOCK_MONOTONIC ns).
+#[derive(Debug)]
+struct HostSession {
+    n: u64,
+    server: i32,
+    version: String,
+    spawned: u64,
+    answered: u64,
+    died: Option<u64>,
+}
+
+fn host_sessions(log: &[Value]) -> Vec<HostSession> {
+    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let mut out: Vec<HostSession> = log
+        .iter()
+        .filter(|v| v["event"] == "session")
+        .map(|v| HostSession {
+            n: num(v, "n"),
+            server: num(v, "server") as i32,
+            version: v["version"].as_str().unwrap_or("").to_string(),
+            spawned: num(v, "spawned_mono_ns"),
+            answered: num(v, "mono_ns"),
+            died: None,
+        })
+        .collect();
+    for d in log.iter().filter(|v| v["event"] == "died") {
+        if let Some(s) = out.iter_mut().find(|s| s.n == num(d, "n")) {
+            s.died = Some(num(d, "mono_ns"));
+        }
+    }
+    out.sort_by_key(|s| s.answered);
+    out
+}
+
+/// The sessions in one line, the client-visible gap (the last old-version session's
+/// death to the first new-version answer), and how long the host had no session while
+/// the upgrader ran.
+fn host_summary(
+    name: &str,
+    sessions: &[HostSession],
+    old: &str,
+    (start, end): (Option<u64>, Option<u64>),
+) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in sessions {
+        *counts.entry(&s.version).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(v, n)| format!("{v} x{n}")).collect();
+    let mut text = format!(
+        "host {name}: {} sessions ({})",
+        sessions.len(),
+        counts.join(", ")
+    );
+    let first_new = sessions.iter().find(|s| s.version != old);
+    match first_new {
+        Some(f) => {
+            let last_old_death = sessions
+                .iter()
+                .filter(|s| s.version == old)
+                .filter_map(|s| s.died)
+                .filter(|d| *d <= f.answered)
+                .max();
+            match last_old_death {
+                Some(d) => text.push_str(&format!(
+                    "; client-visible gap {:.1} ms (last {old} session died -> first {} session answered)",
+                    (f.answered - d) as f64 / 1e6,
+                    f.version
+                )),
+                None => text.push_str("; no old-version session died before the first new one"),
+            }
+        }
+        None => text.push_str(&format!("; no session of another version than {old}")),
+    }
+    if let (Some(a), Some(b)) = (start, end) {
+        // Covered: [answered, died) of every session, clipped to the upgrader's run.
+        let mut spans: Vec<(u64, u64)> = sessions
+            .iter()
+            .map(|s| (s.answered.max(a), s.died.unwrap_or(u64::MAX).min(b)))
+            .filter(|(x, y)| x < y)
+            .collect();
+        spans.sort();
+        let (mut covered, mut cur): (u64, Option<(u64, u64)>) = (0, None);
+        for (x, y) in spans {
+            cur = match cur {
+                Some((cx, cy)) if x <= cy => Some((cx, cy.max(y))),
+                Some((cx, cy)) => {
+                    covered += cy - cx;
+                    Some((x, y))
+                }
+                None => Some((x, y)),
+            };
+        }
+        if let Some((cx, cy)) = cur {
+            covered += cy - cx;
+        }
+        text.push_str(&format!(
+            "; without a session {:.1} ms of the upgrader's {:.1} ms",
+            (b - a).saturating_sub(covered) as f64 / 1e6,
+            (b - a) as f64 / 1e6
+        ));
+    }
+    text
 }

@@ -42,6 +42,7 @@ impl Sandbox {
             .env("HOME", &self.home)
             .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
             .env_remove("FAKE_SERVER_RUNTIME_DIR")
+            .env_remove("FAKE_SERVER_EVENTS")
             .env_remove("_MEMTOMEM_TEST_RUNTIME_DIR")
             .env_remove("PYTEST_CURRENT_TEST")
             .stdin(Stdio::piped())
