@@ -86,6 +86,8 @@ fn server_version(sc: &Scratch) -> String {
     }
     let rt = sc.path("server-rt");
     fs::create_dir_all(&rt).unwrap();
+    // memtomem refuses a runtime dir with group or world bits.
+    fs::set_permissions(&rt, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let mut c = Command::new(sc.bin.join("memtomem-server"));
     sc.env(&mut c);
     // The runtime dir override needs PYTEST_CURRENT_TEST (memtomem's hook).
