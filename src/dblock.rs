@@ -4,7 +4,6 @@
 //! Nothing is written and the database is never opened through SQLite.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::sys::Pid;
@@ -14,21 +13,9 @@ const PENDING_BYTE: i64 = 0x4000_0000;
 /// Byte 120 of the shm file is WAL_WRITE_LOCK.
 const WAL_WRITE_LOCK: i64 = 120;
 
+/// OFD locks report -1: a writer exists but cannot be named.
 fn getlk(file: &File, start: i64, len: i64) -> Option<Pid> {
-    // SAFETY: zeroed flock is a valid initial value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = start;
-    fl.l_len = len;
-    // SAFETY: valid fd and flock pointer.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    if rc == 0 && fl.l_type != libc::F_UNLCK as i16 {
-        // OFD locks report -1: a writer exists but cannot be named.
-        Some(fl.l_pid)
-    } else {
-        None
-    }
+    crate::sys::write_lock_pid(file, start, len)
 }
 
 /// The pid holding a write lock on the store, if any (`Some(-1)` when the

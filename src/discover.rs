@@ -16,7 +16,7 @@ use crate::paths::{self, PathEnv};
 use crate::pidfile::{self, LegacyMode, Payload, Probe};
 use crate::proof;
 pub use crate::proof::Installation;
-use crate::sys::{self, FileId, Pid, ProcStat, RunState};
+use crate::sys::{self, FileId, Os, Pid, ProcStat, RunState};
 
 /// What kind of memtomem process an instance is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -145,7 +145,20 @@ const MARKER_GRACE: Duration = Duration::from_secs(60);
 /// taking its pid lock (upstream retries contention for 0.5 s).
 const STARTING_GRACE: Duration = Duration::from_millis(1500);
 
+/// One discovery pass on the real OS.
 pub fn discover(scope: &Scope) -> Inventory {
+    discover_in(sys::real(), scope)
+}
+
+/// What a pass reads through: the OS seam and the scope.
+struct Cx<'a> {
+    os: &'a dyn Os,
+    scope: &'a Scope<'a>,
+}
+
+/// One discovery pass through `os`.
+pub fn discover_in(os: &dyn Os, scope: &Scope) -> Inventory {
+    let cx = &Cx { os, scope };
     let mut inv = Inventory::default();
     let mut table: Option<Vec<ProcStat>> = None;
     let mut marker_pids: Vec<(Pid, PathBuf)> = Vec::new();
@@ -202,21 +215,21 @@ pub fn discover(scope: &Scope) -> Inventory {
             );
         for (role, name) in pid_files {
             let path = dir.path.join(name);
-            probe_into(&mut inv, role, &path, scope, &mut table);
+            probe_into(&mut inv, role, &path, cx, &mut table);
         }
         for sub in ["presence", "instances"] {
             collect_markers(
                 &mut inv,
                 &dir.path.join(sub),
                 &mut marker_pids,
-                scope,
+                cx,
                 &mut table,
             );
         }
     }
 
     let legacy = scope.env.legacy_pid_path();
-    probe_into(&mut inv, Role::LegacyServer, &legacy, scope, &mut table);
+    probe_into(&mut inv, Role::LegacyServer, &legacy, cx, &mut table);
 
     // Presence/instance markers whose holder owns no pid file: secondary
     // servers. Stoppable only with proof they run this installation.
@@ -226,7 +239,7 @@ pub fn discover(scope: &Scope) -> Inventory {
         {
             continue;
         }
-        let Some(st) = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie) else {
+        let Some(st) = os.stat(pid).filter(|s| s.state != RunState::Zombie) else {
             continue;
         };
         let mut evidence = vec![format!("holds marker {}", marker.display())];
@@ -238,7 +251,7 @@ pub fn discover(scope: &Scope) -> Inventory {
             .and_then(|m| m.modified().ok())
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < STARTING_GRACE);
-        let proof = scope.install.evidence(pid);
+        let proof = scope.install.evidence(os, pid);
         let problem = match &proof {
             Some(p) => {
                 evidence.push(p.clone());
@@ -264,7 +277,7 @@ pub fn discover(scope: &Scope) -> Inventory {
     }
 
     if scope.scan_processes && scope.install.env_dir.is_some() {
-        scan_installation(&mut inv, scope);
+        scan_installation(&mut inv, cx);
     }
     // A process found both as a server and through a marker or scan is
     // reported once; children of a target are handled by the stop stage.
@@ -272,31 +285,31 @@ pub fn discover(scope: &Scope) -> Inventory {
 }
 
 /// Processes of this installation that hold no memtomem file. One read of
-/// `cmdline` per process filters the table (a thousand unrelated processes
-/// cost a thousand small reads); only candidates get their owner, state and
-/// mappings read.
-fn scan_installation(inv: &mut Inventory, scope: &Scope) {
-    use std::os::unix::fs::MetadataExt as _;
-    for pid in sys::all_pids() {
-        if proof::never_signalled(pid, scope.protected)
+/// argv per process filters the table (a thousand unrelated processes cost a
+/// thousand small reads); only candidates get their owner, state,
+/// executable and working directory read.
+fn scan_installation(inv: &mut Inventory, cx: &Cx) {
+    for pid in cx.os.pids() {
+        if proof::never_signalled(pid, cx.scope.protected)
             || inv.instances.iter().any(|i| i.pid == Some(pid))
         {
             continue;
         }
-        let Some(argv) = sys::read_proc(&format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let mentions = |needle: &[u8]| argv.windows(needle.len()).any(|w| w == needle);
-        if !mentions(b"memtomem") && !mentions(b"python") {
-            continue;
-        }
-        if fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()).ok() != Some(scope.env.euid) {
+        let argv = cx.os.cmdline(pid);
+        if !argv
+            .iter()
+            .any(|a| a.contains("memtomem") || a.contains("python"))
+        {
             continue;
         }
-        let Some(st) = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie) else {
+        let Some(st) = cx
+            .os
+            .stat(pid)
+            .filter(|s| s.state != RunState::Zombie && s.uid == Some(cx.scope.env.euid))
+        else {
             continue;
         };
-        if let Some(proof) = scope.install.evidence(pid) {
+        if let Some(proof) = cx.scope.install.evidence(cx.os, pid) {
             inv.instances.push(Instance {
                 role: Role::Unregistered,
                 source: None,
@@ -328,7 +341,7 @@ fn collect_markers(
     inv: &mut Inventory,
     dir: &Path,
     out: &mut Vec<(Pid, PathBuf)>,
-    scope: &Scope,
+    cx: &Cx,
     table: &mut Option<Vec<ProcStat>>,
 ) {
     let meta = match fs::symlink_metadata(dir) {
@@ -378,7 +391,9 @@ fn collect_markers(
                     .ok()
                     .and_then(|t| SystemTime::now().duration_since(t).ok());
                 let pid_dead = marker.pid > 0
-                    && sys::proc_stat(marker.pid as Pid)
+                    && cx
+                        .os
+                        .stat(marker.pid as Pid)
                         .is_none_or(|s| s.state == RunState::Zombie);
                 // Unlocked and old (or its process is gone): garbage. Young
                 // and unlocked: a server may be between create and lock.
@@ -394,19 +409,21 @@ fn collect_markers(
                     // The name is only a claim: require that the named
                     // process really holds the marker's lock.
                     let pid = marker.pid as Pid;
-                    let held_by_named =
-                        proof::holds_lock(&sys::open_files_of(pid, m.dev(), m.ino()));
-                    if held_by_named {
-                        out.push((pid, path));
-                        continue;
-                    }
-                    let named_alive =
-                        sys::proc_stat(pid).is_some_and(|s| s.state != RunState::Zombie);
                     let id = FileId {
                         dev: m.dev(),
                         ino: m.ino(),
                     };
-                    let holders: Vec<Pid> = find_holders(id, scope, table)
+                    // Contended, and named by the marker's name.
+                    let held_by_named = proof::holds_lock(&cx.os.open_files(pid, id), true, true);
+                    if held_by_named {
+                        out.push((pid, path));
+                        continue;
+                    }
+                    let named_alive = cx
+                        .os
+                        .stat(pid)
+                        .is_some_and(|s| s.state != RunState::Zombie);
+                    let holders: Vec<Pid> = find_holders(id, cx, table)
                         .iter()
                         .map(|h| h.pid)
                         .collect();
@@ -449,7 +466,7 @@ fn probe_into(
     inv: &mut Inventory,
     role: Role,
     path: &Path,
-    scope: &Scope,
+    cx: &Cx,
     table: &mut Option<Vec<ProcStat>>,
 ) {
     match pidfile::probe(path) {
@@ -491,7 +508,7 @@ fn probe_into(
                 }
             }
             inv.instances
-                .extend(attribute(role, path, payload, id, scope, table));
+                .extend(attribute(role, path, payload, id, cx, table));
         }
     }
 }
@@ -510,7 +527,7 @@ fn attribute(
     path: &Path,
     payload: Payload,
     id: FileId,
-    scope: &Scope,
+    cx: &Cx,
     table: &mut Option<Vec<ProcStat>>,
 ) -> Vec<Instance> {
     let base = |pid: Option<Pid>,
@@ -531,8 +548,8 @@ fn attribute(
     };
     let named = payload.signalable_pid();
     if let Some(pid) = named {
-        if proof::never_signalled(pid, scope.protected) {
-            let holders = find_holders(id, scope, table);
+        if proof::never_signalled(pid, cx.scope.protected) {
+            let holders = find_holders(id, cx, table);
             return vec![base(
                 None,
                 None,
@@ -546,14 +563,15 @@ fn attribute(
                 false,
             )];
         }
-        let st = sys::proc_stat(pid).filter(|s| s.state != RunState::Zombie);
+        let st = cx.os.stat(pid).filter(|s| s.state != RunState::Zombie);
         if let Some(st) = &st {
-            if proof::holds_lock(&sys::open_files_of(pid, id.dev, id.ino)) {
+            // The lock is contended (a held probe) and the payload names it.
+            if proof::holds_lock(&cx.os.open_files(pid, id), true, true) {
                 let evidence = vec![format!("pid {pid} holds the flock on {}", path.display())];
                 return vec![base(Some(pid), Some(st), evidence, None, false)];
             }
         }
-        let holders = find_holders(id, scope, table);
+        let holders = find_holders(id, cx, table);
         if st.is_some() {
             // Transient under churn: a holder in mid-exit (its descriptors
             // closed, not yet a zombie) or a successor that took the lock
@@ -591,7 +609,7 @@ fn attribute(
             })
             .collect();
     }
-    let holders = find_holders(id, scope, table);
+    let holders = find_holders(id, cx, table);
     let startup_gap = payload.unreadable.as_deref() == Some("payload is empty");
     let what = match (&payload.pid, &payload.unreadable) {
         (Some(p), _) => format!("payload pid {p} is not a process that may be signalled"),
@@ -635,14 +653,16 @@ fn holders_text(holders: &[ProcStat]) -> String {
 
 /// Every visible process holding a flock on `id`. Scans `/proc/*/fd`, so it
 /// runs only on the unusual path where the payload's pid is not the holder.
-fn find_holders(id: FileId, scope: &Scope, table: &mut Option<Vec<ProcStat>>) -> Vec<ProcStat> {
-    let table = table.get_or_insert_with(sys::process_table);
+fn find_holders(id: FileId, cx: &Cx, table: &mut Option<Vec<ProcStat>>) -> Vec<ProcStat> {
+    let table = table.get_or_insert_with(|| cx.os.table());
     let pids: Vec<Pid> = table
         .iter()
-        .filter(|s| s.state != RunState::Zombie && !proof::never_signalled(s.pid, scope.protected))
+        .filter(|s| {
+            s.state != RunState::Zombie && !proof::never_signalled(s.pid, cx.scope.protected)
+        })
         .map(|s| s.pid)
         .collect();
-    let holders = sys::flock_holders(&pids, id.dev, id.ino);
+    let holders = sys::flock_holders(cx.os, &pids, id);
     table
         .iter()
         .filter(|s| holders.iter().any(|h| h.pid == s.pid))
@@ -656,13 +676,18 @@ fn find_holders(id: FileId, scope: &Scope, table: &mut Option<Vec<ProcStat>>) ->
 /// costs time; a complete one returns at once, and what stays unverifiable
 /// is refused.
 pub fn discover_stable(scope: &Scope, sleep: &dyn Fn(Duration)) -> Inventory {
-    let mut inv = discover(scope);
+    discover_stable_with(sys::real(), scope, sleep)
+}
+
+/// [`discover_stable`] through `os`, sleeping with `sleep`.
+pub fn discover_stable_with(os: &dyn Os, scope: &Scope, sleep: &dyn Fn(Duration)) -> Inventory {
+    let mut inv = discover_in(os, scope);
     for pause in proof::SETTLE {
         if !inv.unsettled() {
             break;
         }
         sleep(pause);
-        inv = discover(scope);
+        inv = discover_in(os, scope);
     }
     inv
 }
@@ -670,8 +695,7 @@ pub fn discover_stable(scope: &Scope, sleep: &dyn Fn(Duration)) -> Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{wait_for, Proc};
-    use std::os::unix::fs::PermissionsExt;
+    use crate::testutil::{lock_holder, Proc, Rt};
     use std::process::Command;
 
     /// Finding 5: a pid file unlinked between its `lstat` and `open`, or
@@ -703,49 +727,6 @@ mod tests {
             matches!(&p, Probe::Unverifiable { reason } if reason.contains("2 hard links")),
             "{p:?}"
         );
-    }
-
-    /// A private runtime dir and HOME for discovery (never the real ones).
-    struct Rt {
-        tmp: tempfile::TempDir,
-        env: PathEnv,
-    }
-    impl Rt {
-        fn new() -> Rt {
-            let tmp = tempfile::tempdir().unwrap();
-            let rt = tmp.path().join("rt");
-            fs::create_dir(&rt).unwrap();
-            fs::set_permissions(&rt, fs::Permissions::from_mode(0o700)).unwrap();
-            let env = PathEnv {
-                euid: sys::euid(),
-                home: tmp.path().join("home"),
-                runtime_override: Some(rt),
-                ..Default::default()
-            };
-            Rt { tmp, env }
-        }
-        fn rt(&self, name: &str) -> PathBuf {
-            self.tmp.path().join("rt").join(name)
-        }
-        fn file(&self, name: &str) -> PathBuf {
-            self.tmp.path().join(name)
-        }
-    }
-
-    /// `flock -x <file> sleep 30`: another program holding a BSD lock
-    /// (flock(1) and its child both hold it).
-    fn lock_holder(file: &Path) -> Proc {
-        let p = Proc::spawn(
-            Command::new("flock")
-                .arg("-x")
-                .arg(file)
-                .args(["sleep", "30"]),
-        );
-        wait_for(
-            || matches!(pidfile::probe(file), Probe::Held { .. }),
-            "the lock",
-        );
-        p
     }
 
     /// Finding 3: a pid file that is a second name of another program's lock
@@ -841,5 +822,235 @@ mod tests {
             "{inv:?}"
         );
         assert_eq!(waited.get(), Duration::from_millis(1550));
+    }
+
+    // ---- through the fake OS: the process table is scripted, files and
+    // their lock contention are real (held by flock(1)).
+
+    use crate::sys::fake::{FakeOs, FakeProc};
+    use crate::sys::{Clock, LockKind, LockSeen};
+
+    fn id_of(p: &Path) -> FileId {
+        FileId::of(&fs::metadata(p).unwrap())
+    }
+
+    /// A pid file with `payload`, held by another program.
+    fn held(rt: &Rt, name: &str, payload: &str) -> (PathBuf, FileId, Proc) {
+        let path = rt.rt(name);
+        fs::write(&path, payload).unwrap();
+        let holder = lock_holder(&path);
+        let id = id_of(&path);
+        (path, id, holder)
+    }
+
+    fn scope<'a>(rt: &'a Rt, install: &'a Installation, protected: &'a [Pid]) -> Scope<'a> {
+        Scope {
+            env: &rt.env,
+            install,
+            protected,
+            scan_processes: true,
+        }
+    }
+
+    const W: LockSeen = LockSeen::Flock(LockKind::Write);
+
+    #[test]
+    fn fake_only_the_proven_lock_holder_is_a_target_and_what_persists_is_refused() {
+        let rt = Rt::new();
+        let (_, srv, _h1) = held(
+            &rt,
+            "server-0123456789abcdef.pid",
+            "4242\n\n2026-11-26T11:32:39+00:00\n",
+        );
+        let (_, web, _h2) = held(&rt, "web.pid", "5000\n18081\n");
+        let os = FakeOs::new();
+        os.add(4242, FakeProc::new(10).holds(srv, W));
+        // web.pid names 5000, which has it open without the lock; 6000 holds it.
+        os.add(5000, FakeProc::new(11).holds(web, LockSeen::None));
+        os.add(6000, FakeProc::new(12).holds(web, W));
+        let install = Installation::default();
+        let sc = scope(&rt, &install, &[]);
+        let inv = discover_stable_with(&os, &sc, &|d| os.sleep(d));
+        let targets: Vec<Pid> = inv.targets().filter_map(|i| i.pid).collect();
+        assert_eq!(targets, vec![4242]);
+        let t = inv.targets().next().unwrap();
+        assert!(t.evidence[0].contains("holds the flock"), "{t:?}");
+        assert_eq!(t.start_ticks, 10);
+        let problems = inv.all_problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("names pid 5000") && problems[0].contains("held by pid 6000"),
+            "{problems:?}"
+        );
+        // Looked at again on the settle schedule, then refused.
+        let slept: Vec<_> = os.log();
+        assert_eq!(slept.len(), 5, "{slept:?}");
+        assert_eq!(os.now(), Duration::from_millis(1550));
+        assert!(os.signals().is_empty(), "discovery never signals");
+    }
+
+    #[test]
+    fn fake_a_transient_state_that_settles_costs_one_pause() {
+        let rt = Rt::new();
+        let (_, web, _h) = held(&rt, "web.pid", "5000\n18081\n");
+        let os = FakeOs::new();
+        os.add(5000, FakeProc::new(11));
+        os.add(6000, FakeProc::new(12).holds(web, W));
+        // The successor writes its pid: the payload now names the holder.
+        let path = rt.rt("web.pid");
+        os.on_sleep(move |_| fs::write(&path, "6000\n18081\n").unwrap());
+        let install = Installation::default();
+        let sc = scope(&rt, &install, &[]);
+        let inv = discover_stable_with(&os, &sc, &|d| os.sleep(d));
+        assert!(inv.all_problems().is_empty(), "{:?}", inv.all_problems());
+        assert_eq!(
+            inv.targets().filter_map(|i| i.pid).collect::<Vec<_>>(),
+            vec![6000]
+        );
+        assert_eq!(os.log().len(), 1);
+    }
+
+    #[test]
+    fn fake_an_inherited_lock_goes_to_its_heir_and_unknown_locks_need_the_payload() {
+        let rt = Rt::new();
+        let (_, bare, _h1) = held(&rt, "server.pid", "7000\n");
+        let (_, mac, _h2) = held(&rt, "server-00000000000000aa.pid", "8000\n");
+        let (_, orphan, _h3) = held(&rt, "server-00000000000000bb.pid", "8100\n");
+        let os = FakeOs::new();
+        // 7000 exited; its child 7001 inherited the locked descriptor.
+        os.add(7001, FakeProc::new(20).child_of(7000).holds(bare, W));
+        // macOS shows open files but not their locks: the payload-named
+        // process with the very file open while it is contended is the holder…
+        os.add(8000, FakeProc::new(21).holds(mac, LockSeen::Unknown));
+        // …but a process that merely has a file open is no heir.
+        os.add(8101, FakeProc::new(22).holds(orphan, LockSeen::Unknown));
+        let install = Installation::default();
+        let sc = scope(&rt, &install, &[]);
+        let inv = discover_in(&os, &sc);
+        let mut targets: Vec<Pid> = inv.targets().filter_map(|i| i.pid).collect();
+        targets.sort();
+        assert_eq!(targets, vec![7001, 8000]);
+        let heir = inv.targets().find(|i| i.pid == Some(7001)).unwrap();
+        assert!(heir.evidence[1].contains("inherited"), "{heir:?}");
+        let problems = inv.all_problems();
+        assert!(
+            problems.len() == 1 && problems[0].contains("cannot see"),
+            "{problems:?}"
+        );
+        assert!(inv.unsettled(), "an invisible holder may be in mid-exit");
+    }
+
+    #[test]
+    fn fake_payloads_naming_init_or_ourselves_are_refused() {
+        let rt = Rt::new();
+        let (_, _one, _h1) = held(&rt, "server-00000000000000cc.pid", "1\n");
+        let (_, _us, _h2) = held(&rt, "server-00000000000000dd.pid", "777\n");
+        let os = FakeOs::new();
+        os.add(777, FakeProc::new(1));
+        let install = Installation::default();
+        let sc = scope(&rt, &install, &[777]);
+        let inv = discover_in(&os, &sc);
+        assert_eq!(inv.targets().count(), 0);
+        let problems = inv.all_problems().join("\n");
+        assert!(problems.contains("no signalable PID"), "{problems}");
+        assert!(problems.contains("mm-upgrade itself"), "{problems}");
+    }
+
+    /// A uv tool dir with a verified memtomem env whose `bin/python` leads
+    /// to /bin/sh: the executable identity the fake reports for its
+    /// interpreter.
+    fn env() -> (tempfile::TempDir, Installation, String, FileId) {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = tmp.path().join("tools/memtomem");
+        fs::create_dir_all(env.join("bin")).unwrap();
+        fs::write(
+            env.join("uv-receipt.toml"),
+            "[tool]\nrequirements = [{ name = \"memtomem\" }]\nentrypoints = [{ name = \"memtomem-server\", install-path = \"/b/memtomem-server\" }]\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/bin/sh", env.join("bin/python")).unwrap();
+        fs::write(env.join("bin/memtomem-server"), "").unwrap();
+        let install = Installation::at(tmp.path().join("tools"), None);
+        let py = env.join("bin/python").to_str().unwrap().to_string();
+        let exe = id_of(&env.join("bin/python"));
+        (tmp, install, py, exe)
+    }
+
+    #[test]
+    fn fake_the_scan_finds_only_this_installations_interpreter_on_its_entry_points() {
+        let rt = Rt::new();
+        let (_tmp, install, py, exe) = env();
+        let script = py.replace("/python", "/memtomem-server");
+        let lib = py.replace("/bin/python", "/lib/x.py");
+        let os = FakeOs::new();
+        os.add(100, FakeProc::new(1).argv(&[&py, &script]).exe(exe));
+        os.add(
+            101,
+            FakeProc::new(1)
+                .argv(&[&py, "-m", "memtomem.server"])
+                .exe(exe),
+        );
+        os.add(102, FakeProc::new(1).argv(&["less", &lib]));
+        os.add(
+            103,
+            FakeProc::new(1).argv(&[&py, &script]).exe(exe).uid(4321),
+        );
+        os.add(
+            104,
+            FakeProc::new(1)
+                .argv(&[&py, &script])
+                .exe(FileId { dev: 1, ino: 1 }),
+        );
+        os.add(105, FakeProc::new(1).argv(&[&py, &script]).exe(exe));
+        os.add(106, FakeProc::new(1).argv(&[&py, &lib]).exe(exe));
+        os.add(
+            107,
+            FakeProc::new(1)
+                .argv(&[&py, &script])
+                .exe(exe)
+                .state(RunState::Zombie),
+        );
+        let sc = scope(&rt, &install, &[105]);
+        let inv = discover_in(&os, &sc);
+        let found: Vec<(Pid, Role)> = inv.targets().map(|i| (i.pid.unwrap(), i.role)).collect();
+        assert_eq!(
+            found,
+            vec![(100, Role::Unregistered), (101, Role::Unregistered)]
+        );
+        assert!(inv.instances[1].evidence[0].contains("-m memtomem.server"));
+    }
+
+    #[test]
+    fn fake_a_secondary_is_a_target_only_with_installation_proof() {
+        let rt = Rt::new();
+        let (_tmp, install, py, exe) = env();
+        let script = py.replace("/python", "/memtomem-server");
+        fs::create_dir(rt.rt("presence")).unwrap();
+        let mut holders = Vec::new();
+        let os = FakeOs::new();
+        for (pid, ours) in [(300, true), (301, false)] {
+            let name = format!("presence/{pid}-1-0123456789abcdef-01234567-89abcdef.lock");
+            let path = rt.rt(&name);
+            fs::write(&path, "").unwrap();
+            holders.push(lock_holder(&path));
+            let p = FakeProc::new(5).holds(id_of(&path), W);
+            os.add(
+                pid,
+                if ours {
+                    p.argv(&[&py, &script]).exe(exe)
+                } else {
+                    p.argv(&["/opt/other/bin/memtomem-server"])
+                },
+            );
+        }
+        let sc = scope(&rt, &install, &[]);
+        let inv = discover_in(&os, &sc);
+        let found: Vec<(Pid, Role)> = inv.targets().map(|i| (i.pid.unwrap(), i.role)).collect();
+        assert_eq!(found, vec![(300, Role::Secondary)]);
+        let problems = inv.all_problems();
+        assert!(
+            problems.len() == 1 && problems[0].contains("live pid 301"),
+            "{problems:?}"
+        );
     }
 }

@@ -4,7 +4,6 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
@@ -153,10 +152,12 @@ pub fn run_bounded(
     let mut pipes = Pipes::drain(child.stdout.take(), child.stderr.take());
     let pid = child.id() as i32;
     let abort = move || interruptible && crate::interrupt::requested().is_some();
-    let exited = wait_child_exit(pid, timeout, &abort);
+    // Waited for without reaping, in slices (see sys::Bounded).
+    let exited =
+        crate::sys::Bounded::wait_exit(&crate::sys::ChildWaiter::new(pid), timeout, &abort);
     if !exited {
-        // SAFETY: the child leads its own group (process_group(0) above).
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        // The child leads its own group (process_group(0) above).
+        crate::sys::kill_group(pid);
         let _ = child.wait();
         // The output is not reported; a grandchild that left the group may
         // hold the pipes open, so the readers are abandoned, never joined.
@@ -176,8 +177,8 @@ pub fn run_bounded(
     // child keeps the group id ours); one that left the group (setsid) is
     // not waited for: its readers are abandoned.
     if !pipes.collect_for(PIPE_DRAIN) {
-        // SAFETY: the child, a zombie not yet reaped, still leads its group.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        // The child, a zombie not yet reaped, still leads its group.
+        crate::sys::kill_group(pid);
         pipes.collect_for(PIPE_DRAIN_AFTER_KILL);
     }
     let status = child.wait().map_err(|e| UvError::Spawn {
@@ -276,50 +277,6 @@ impl Pipes {
         self.bytes
             .each_ref()
             .map(|b| String::from_utf8_lossy(b).into_owned())
-    }
-}
-
-/// Wait for a child to exit (without reaping it) for at most `timeout`, or
-/// until `abort` says stop. Checked in short slices: a signal delivered to
-/// another thread (a pipe reader) does not interrupt this thread's poll, and
-/// a timeout too large for `Instant` means no deadline rather than a panic.
-fn wait_child_exit(pid: i32, timeout: Duration, abort: &dyn Fn() -> bool) -> bool {
-    const SLICE: Duration = Duration::from_millis(50);
-    // SAFETY: plain syscall.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: fresh descriptor from the kernel.
-    let fd = (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
-    let deadline = Instant::now().checked_add(timeout);
-    loop {
-        let left = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()));
-        let slice = left.min(SLICE);
-        let exited = match &fd {
-            Some(fd) => crate::sys::wait_any_fd(fd, slice, abort),
-            None => {
-                // SAFETY: WNOWAIT leaves the child for Child::wait to reap.
-                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-                let rc = unsafe {
-                    libc::waitid(
-                        libc::P_PID,
-                        pid as u32,
-                        &mut info,
-                        libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                    )
-                };
-                // SAFETY: si_pid is valid after a successful waitid.
-                let done = rc == 0 && unsafe { info.si_pid() } == pid;
-                if !done {
-                    std::thread::sleep(slice.min(Duration::from_millis(5)));
-                }
-                done
-            }
-        };
-        if exited {
-            return true;
-        }
-        if left.is_zero() || abort() {
-            return false;
-        }
     }
 }
 
@@ -478,8 +435,11 @@ mod tests {
     impl Drop for Grandchild {
         fn drop(&mut self) {
             if let Some(pid) = self.pid().filter(|p| *p > 1 && self.alive()) {
-                // SAFETY: a plain kill of the sleep this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // A plain kill of the sleep this test started.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }

@@ -14,15 +14,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// Catch SIGINT, SIGTERM and SIGHUP for the rest of the run. No SA_RESTART:
 /// a blocking `poll` returns EINTR, so waits notice the interrupt at once.
 pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installing a handler that only stores to an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+    crate::sys::catch_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], on_signal);
 }
 
 /// The signal received, if any.

@@ -4,7 +4,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -352,22 +351,11 @@ fn check_identity(
 
 /// Non-blocking BSD flock. `Ok(false)` means contended.
 pub fn try_flock(file: &File, op: i32) -> io::Result<bool> {
-    // SAFETY: valid descriptor, plain flock.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
-    }
+    crate::sys::try_flock(file, op)
 }
 
 pub fn unlock(file: &File) {
-    // SAFETY: valid descriptor.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    crate::sys::unlock(file)
 }
 
 /// How a held legacy `~/.memtomem/.server.pid` is held (contract §3.4).

@@ -71,7 +71,7 @@ impl Plan {
 /// Never a protected pid (ourselves, our ancestors), never pid ≤ 1, and
 /// never a process group: an MCP client often shares its server's group.
 pub fn stop_targets(instances: &[Instance], protected: &[Pid]) -> Vec<StopTarget> {
-    let table = sys::process_table();
+    let table = sys::Processes::table(sys::real());
     targets_from_table(instances, protected, &table)
 }
 
@@ -140,6 +140,7 @@ mod tests {
             state: RunState::Live,
             start_ticks: 5,
             comm: "x".into(),
+            uid: None,
         }
     }
 

@@ -24,7 +24,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::sys::{self, FileId, OpenFile, Pid};
+use crate::sys::{FileId, LockSeen, OpenFile, Os, Pid};
 
 /// The settle-and-retry schedule for transient states: 50, 100, 200 ms as
 /// upstream (contract §4.5), then 400 and 800 ms, because a server with a
@@ -50,10 +50,18 @@ pub fn proven(i: &crate::discover::Instance) -> bool {
     i.pid.is_some_and(|p| p > 1) && i.problem.is_none() && !i.evidence.is_empty()
 }
 
-/// Rule (a): does one of `open` (a process's open files naming the lock
-/// file's inode) hold the lock? On Linux the fdinfo lock line says so.
-pub fn holds_lock(open: &[OpenFile]) -> bool {
-    open.iter().any(|o| o.flock.is_some())
+/// Rule (a): does a process hold the lock of a pid file (or marker), given
+/// its open files naming the file's inode? Where the OS shows the lock
+/// (Linux: the fdinfo lock line) that decides. Where it does not (macOS),
+/// the process must have that very file open while the lock is contended
+/// (`contended`), and the payload (or marker name) must name it
+/// (`named`). The file's single link was checked by the probe.
+pub fn holds_lock(open: &[OpenFile], contended: bool, named: bool) -> bool {
+    open.iter().any(|o| match o.lock {
+        LockSeen::Flock(_) => true,
+        LockSeen::None => false,
+        LockSeen::Unknown => contended && named,
+    })
 }
 
 /// Where this tool's installation lives, to prove a process belongs to it.
@@ -110,14 +118,12 @@ impl Installation {
     /// of its entry points, if it does. Only the process's executable, argv
     /// and working directory are read; nothing of it is executed, and an
     /// argument that merely names a file inside the env proves nothing.
-    pub fn evidence(&self, pid: Pid) -> Option<String> {
+    pub fn evidence(&self, os: &dyn Os, pid: Pid) -> Option<String> {
         let env_dir = self.env_dir.as_ref()?;
-        let argv = sys::cmdline(pid);
-        let cwd = || fs::read_link(format!("/proc/{pid}/cwd")).ok();
-        let exe = fs::metadata(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|m| FileId::of(&m));
-        runs_entry_point(env_dir, &self.entry_points, &argv, exe, cwd)
+        let argv = os.cmdline(pid);
+        runs_entry_point(env_dir, &self.entry_points, &argv, os.exe(pid), || {
+            os.cwd(pid)
+        })
     }
 }
 
@@ -258,6 +264,7 @@ pub fn runs_entry_point(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys;
     use crate::testutil::Proc;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::os::unix::process::CommandExt;
@@ -318,7 +325,7 @@ mod tests {
         ] {
             let p = Proc::spawn(Command::new(&py).arg(&script))
                 .exec_done(&[py.as_str(), s(&script).as_str()]);
-            let proof = install.evidence(p.pid()).expect("proven");
+            let proof = install.evidence(sys::real(), p.pid()).expect("proven");
             assert!(proof.contains("entry point"), "{proof}");
         }
     }
@@ -334,19 +341,19 @@ mod tests {
         // `less <env>/lib/x.py`: GNU tail, named less, following the file.
         let pager = Proc::spawn(Command::new("tail").arg0("less").args([&file, "-f"]))
             .exec_done(&["less", file.as_str(), "-f"]);
-        assert_eq!(install.evidence(pager.pid()), None);
+        assert_eq!(install.evidence(sys::real(), pager.pid()), None);
         // An interpreter of its own on a file of the env.
         let sh = Proc::spawn(Command::new("/bin/sh").arg(&file)).exec_done(&["/bin/sh", &file]);
-        assert_eq!(install.evidence(sh.pid()), None);
+        assert_eq!(install.evidence(sys::real(), sh.pid()), None);
         // The env's interpreter, but on a file that is not an entry point.
         let py = s(&e.path("tools/memtomem/bin/python"));
         let lib = Proc::spawn(Command::new(&py).arg(&file)).exec_done(&[&py, &file]);
-        assert_eq!(install.evidence(lib.pid()), None);
+        assert_eq!(install.evidence(sys::real(), lib.pid()), None);
         // argv[0] claims the env's interpreter, but another program runs.
         let script = s(&e.path("tools/memtomem/bin/memtomem-server"));
         let liar = Proc::spawn(Command::new("tail").arg0(&py).args(["-f", &script]))
             .exec_done(&[&py, "-f", &script]);
-        assert_eq!(install.evidence(liar.pid()), None);
+        assert_eq!(install.evidence(sys::real(), liar.pid()), None);
     }
 
     /// Finding 2: `uv tool dir` printing nothing made the installation the
@@ -366,7 +373,7 @@ mod tests {
         assert_eq!((&install.tool_dir, &install.env_dir), (&None, &None));
         let named = Proc::spawn(Command::new("sleep").arg0("memtomem").arg("30"))
             .exec_done(&["memtomem", "30"]);
-        assert_eq!(install.evidence(named.pid()), None);
+        assert_eq!(install.evidence(sys::real(), named.pid()), None);
         // Absolute, but without uv's receipt: not verified either, even for
         // the env's interpreter on its entry point.
         fs::remove_file(e.path("tools/memtomem/uv-receipt.toml")).unwrap();
@@ -375,7 +382,7 @@ mod tests {
         let py = s(&e.path("tools/memtomem/bin/python"));
         let script = s(&e.path("tools/memtomem/bin/memtomem-server"));
         let p = Proc::spawn(Command::new(&py).arg(&script)).exec_done(&[&py, &script]);
-        assert_eq!(unverified.evidence(p.pid()), None);
+        assert_eq!(unverified.evidence(sys::real(), p.pid()), None);
     }
 
     #[test]

@@ -5,31 +5,18 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde_json::json;
 
 use crate::cli::{path_env, Common};
 use crate::discover::{self, Installation, Scope};
+use crate::sys::{Clock, Os};
 use crate::{exit, install, pidfile, sys};
 
-/// Wall-clock seconds at boot, precise to the clock (not /proc/stat's 1 s).
-fn boot_wall_secs() -> f64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    now - (ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
-}
-
+/// Wall-clock seconds of a start time of the real OS.
 pub fn start_wall_secs(start_ticks: u64) -> f64 {
-    boot_wall_secs() + start_ticks as f64 / sys::clock_ticks() as f64
+    sys::real().start_wall_secs(start_ticks)
 }
 
 fn fmt_wall(secs: f64) -> String {
@@ -50,9 +37,9 @@ pub fn install_time(env_dir: &Path) -> Option<f64> {
 
 /// A memtomem process whose interpreter is a virtualenv's `bin/python*`
 /// outside this installation (an old tool dir, a `uvx` cache env) runs
-/// another installation's code. Only `/proc/<pid>/cmdline` is read.
-fn other_installation(pid: sys::Pid, env_dir: &Path) -> Option<String> {
-    let argv = sys::cmdline(pid);
+/// another installation's code. Only the process's argv is read.
+fn other_installation(os: &dyn Os, pid: sys::Pid, env_dir: &Path) -> Option<String> {
+    let argv = os.cmdline(pid);
     let exe = Path::new(argv.first()?);
     let name = exe.file_name()?.to_string_lossy();
     let venv_python =
@@ -75,12 +62,23 @@ pub fn classify(
     installed_at: Option<f64>,
     env_dir: Option<&Path>,
 ) -> (bool, Vec<String>) {
+    classify_in(sys::real(), pid, started, installed_at, env_dir)
+}
+
+/// [`classify`] through `os`.
+pub fn classify_in(
+    os: &dyn Os,
+    pid: sys::Pid,
+    started: f64,
+    installed_at: Option<f64>,
+    env_dir: Option<&Path>,
+) -> (bool, Vec<String>) {
     let mut evidence = Vec::new();
     let mut stale = false;
     if let Some(at) = installed_at {
         // One clock tick of tolerance: a process started in the same tick
         // as the receipt write is ambiguous and counted as stale.
-        if started <= at + 1.0 / sys::clock_ticks() as f64 {
+        if started <= at + os.start_unit_secs() {
             stale = true;
             evidence.push(format!(
                 "started {} before the install at {}",
@@ -90,7 +88,8 @@ pub fn classify(
         }
     }
     if let Some(env_dir) = env_dir {
-        let deleted: Vec<String> = sys::maps(pid)
+        let deleted: Vec<String> = os
+            .maps(pid)
             .into_iter()
             .filter(|m| m.deleted && Path::new(&m.path).starts_with(env_dir))
             .map(|m| m.path)
@@ -103,12 +102,43 @@ pub fn classify(
                 deleted[0]
             ));
         }
-        if let Some(other) = other_installation(pid, env_dir) {
+        if let Some(other) = other_installation(os, pid, env_dir) {
             stale = true;
             evidence.push(other);
         }
     }
     (stale, evidence)
+}
+
+/// Each process of the inventory with its generation and the evidence for
+/// it, and how many are stale.
+pub fn processes_in(
+    os: &dyn Os,
+    inv: &discover::Inventory,
+    installed_at: Option<f64>,
+    env_dir: Option<&Path>,
+) -> (Vec<serde_json::Value>, usize) {
+    let mut procs = Vec::new();
+    let mut stale_count = 0;
+    for i in &inv.instances {
+        let Some(pid) = i.pid else { continue };
+        let started = os.start_wall_secs(i.start_ticks);
+        let (stale, mut evidence) = classify_in(os, pid, started, installed_at, env_dir);
+        evidence.splice(0..0, i.evidence.iter().cloned());
+        if stale {
+            stale_count += 1;
+        }
+        procs.push(json!({
+            "pid": pid,
+            "ppid": i.ppid,
+            "role": i.role,
+            "source": i.source,
+            "started": fmt_wall(started),
+            "generation": if stale { "stale" } else { "current" },
+            "evidence": evidence,
+        }));
+    }
+    (procs, stale_count)
 }
 
 pub fn run(common: &Common) -> u8 {
@@ -149,27 +179,8 @@ pub fn run(common: &Common) -> u8 {
     });
     let installed_at = install.env_dir.as_deref().and_then(install_time);
     let version = install.tool_dir().and_then(install::installed_version);
-    let mut procs = Vec::new();
-    let mut stale_count = 0;
-    for i in &inv.instances {
-        let Some(pid) = i.pid else { continue };
-        let started = start_wall_secs(i.start_ticks);
-        let (stale, mut evidence) =
-            classify(pid, started, installed_at, install.env_dir.as_deref());
-        evidence.splice(0..0, i.evidence.iter().cloned());
-        if stale {
-            stale_count += 1;
-        }
-        procs.push(json!({
-            "pid": pid,
-            "ppid": i.ppid,
-            "role": i.role,
-            "source": i.source,
-            "started": fmt_wall(started),
-            "generation": if stale { "stale" } else { "current" },
-            "evidence": evidence,
-        }));
-    }
+    let (procs, stale_count) =
+        processes_in(sys::real(), &inv, installed_at, install.env_dir.as_deref());
     let problems = inv.all_problems();
     let db = env.store_path();
     let writer = db.as_deref().and_then(crate::dblock::write_lock_holder);
@@ -261,19 +272,84 @@ mod tests {
         // Readiness: the exec has happened once cmdline names the new program.
         let want = venv.join("bin/python3").display().to_string();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while sys::cmdline(pid).first() != Some(&want) {
+        while sys::Processes::cmdline(sys::real(), pid).first() != Some(&want) {
             assert!(std::time::Instant::now() < deadline, "child never exec'd");
             std::thread::yield_now();
         }
         let ours = tmp.path().join("tools/memtomem");
-        let found = other_installation(pid, &ours).expect("flagged");
+        let found = other_installation(sys::real(), pid, &ours).expect("flagged");
         assert!(found.contains("cache-env"), "{found}");
         // The same interpreter inside our installation is not "other".
-        assert_eq!(other_installation(pid, &venv), None);
+        assert_eq!(other_installation(sys::real(), pid, &venv), None);
         // A process that is not a venv python is not judged by this rule.
         assert_eq!(
-            other_installation(std::process::id() as sys::Pid, &ours),
+            other_installation(sys::real(), std::process::id() as sys::Pid, &ours),
             None
         );
+    }
+
+    /// Through the fake OS: four servers holding their pid files, one
+    /// current and three stale for each kind of proof.
+    #[test]
+    fn fake_status_proves_each_stale_process_and_calls_a_fresh_one_current() {
+        use crate::discover::{discover_in, Installation, Scope};
+        use crate::sys::fake::{FakeOs, FakeProc};
+        use crate::sys::{FileId, LockKind, LockSeen};
+        use crate::testutil::{lock_holder, Rt};
+        let rt = Rt::new();
+        let tools = rt.file("tools");
+        let env = tools.join("memtomem");
+        fs::create_dir_all(env.join("bin")).unwrap();
+        fs::write(env.join("uv-receipt.toml"), "[tool]\n").unwrap();
+        let cache = rt.file("cache-env");
+        fs::create_dir_all(cache.join("bin")).unwrap();
+        fs::write(cache.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        let os = FakeOs::new();
+        let installed_ticks = os.start_now() - 100;
+        let installed_at = os.start_wall_secs(installed_ticks);
+        let mut holders = Vec::new();
+        let lib = env.join("lib/_native.so").display().to_string();
+        let cache_py = cache.join("bin/python3").display().to_string();
+        let procs = [
+            (4000, installed_ticks + 50, FakeProc::new(0)),
+            (4001, installed_ticks - 50, FakeProc::new(0)),
+            (
+                4002,
+                installed_ticks + 50,
+                FakeProc::new(0).maps(&lib, true),
+            ),
+            (
+                4003,
+                installed_ticks + 50,
+                FakeProc::new(0).argv(&[&cache_py, "-m", "memtomem.server"]),
+            ),
+        ];
+        for (i, (pid, start, p)) in procs.into_iter().enumerate() {
+            let path = rt.rt(&format!("server-{i:016x}.pid"));
+            fs::write(&path, format!("{pid}\n")).unwrap();
+            holders.push(lock_holder(&path));
+            let id = FileId::of(&fs::metadata(&path).unwrap());
+            let mut p = p.holds(id, LockSeen::Flock(LockKind::Write));
+            p.start = start;
+            os.add(pid, p);
+        }
+        let install = Installation::at(tools, None);
+        let scope = Scope {
+            env: &rt.env,
+            install: &install,
+            protected: &[],
+            scan_processes: true,
+        };
+        let inv = discover_in(&os, &scope);
+        let (procs, stale) =
+            processes_in(&os, &inv, Some(installed_at), install.env_dir.as_deref());
+        assert_eq!(stale, 3, "{procs:?}");
+        let by_pid = |pid: i32| procs.iter().find(|p| p["pid"] == pid).unwrap();
+        assert_eq!(by_pid(4000)["generation"], "current");
+        let ev = |pid: i32| by_pid(pid)["evidence"].to_string();
+        assert!(ev(4001).contains("before the install"), "{}", ev(4001));
+        assert!(ev(4002).contains("_native.so"), "{}", ev(4002));
+        assert!(ev(4003).contains("different installation"), "{}", ev(4003));
+        assert!(ev(4000).contains("holds the flock"), "{}", ev(4000));
     }
 }

@@ -3,12 +3,11 @@
 //! seen the moment it happens. A process that ignores SIGTERM is killed at
 //! once; a stopped one gets SIGCONT so it can act on the SIGTERM.
 
-use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::sys::{self, Pid, ProcHandle, RunState, Via};
+use crate::sys::{Pid, RunState, Via};
 
 /// One process to stop, with the identity discovery proved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,61 +60,12 @@ impl StopRecord {
     }
 }
 
-/// Everything the stop engine needs from the OS; faked in unit tests.
-pub trait ProcessOps {
-    type Handle;
-    fn open(&self, pid: Pid, start_ticks: u64) -> io::Result<Option<Self::Handle>>;
-    fn state(&self, h: &Self::Handle) -> Option<RunState>;
-    fn ignores(&self, h: &Self::Handle, sig: i32) -> bool;
-    fn signal(&self, h: &Self::Handle, sig: i32) -> io::Result<bool>;
-    fn exited(&self, h: &Self::Handle) -> bool;
-    fn via(&self, h: &Self::Handle) -> Via;
-    fn wait_any(&self, hs: &[&Self::Handle], timeout: Duration);
-    fn now(&self) -> Duration;
-}
+/// Everything the stop engine needs from the OS (the seam's signalling
+/// trait); [`crate::sys::fake::FakeOs`] in unit tests.
+pub use crate::sys::Signals as ProcessOps;
 
 /// The real OS.
-pub struct RealOps {
-    epoch: Instant,
-}
-
-impl Default for RealOps {
-    fn default() -> Self {
-        RealOps {
-            epoch: Instant::now(),
-        }
-    }
-}
-
-impl ProcessOps for RealOps {
-    type Handle = ProcHandle;
-    fn open(&self, pid: Pid, start_ticks: u64) -> io::Result<Option<ProcHandle>> {
-        ProcHandle::open(pid, start_ticks)
-    }
-    fn state(&self, h: &ProcHandle) -> Option<RunState> {
-        sys::proc_stat(h.pid)
-            .filter(|s| s.start_ticks == h.start_ticks)
-            .map(|s| s.state)
-    }
-    fn ignores(&self, h: &ProcHandle, sig: i32) -> bool {
-        sys::proc_status(h.pid).is_some_and(|s| s.sig_ign & sys::sig_bit(sig) != 0)
-    }
-    fn signal(&self, h: &ProcHandle, sig: i32) -> io::Result<bool> {
-        h.signal(sig)
-    }
-    fn exited(&self, h: &ProcHandle) -> bool {
-        h.exited()
-    }
-    fn via(&self, h: &ProcHandle) -> Via {
-        h.via()
-    }
-    fn wait_any(&self, hs: &[&ProcHandle], timeout: Duration) {
-        sys::wait_any(hs, timeout)
-    }
-    fn now(&self) -> Duration {
-        self.epoch.elapsed()
-    }
-}
+pub type RealOps = crate::sys::Real;
 
 /// Timing knobs.
 #[derive(Debug, Clone, Copy)]
@@ -305,109 +255,11 @@ fn wait_phase<O: ProcessOps>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
-    /// A scripted process table with a virtual clock: no real sleeping.
-    #[derive(Default)]
-    struct Fake {
-        clock: RefCell<Duration>,
-        procs: RefCell<HashMap<Pid, FakeProc>>,
-        log: RefCell<Vec<(Pid, &'static str, Duration)>>,
-    }
-
-    #[derive(Clone)]
-    struct FakeProc {
-        state: RunState,
-        ignores_term: bool,
-        /// Exit this long after SIGTERM (None: never on SIGTERM).
-        exits_after_term: Option<Duration>,
-        dies_at: Option<Duration>,
-        survives_kill: bool,
-    }
-
-    impl Fake {
-        fn add(&self, pid: Pid, p: FakeProc) {
-            self.procs.borrow_mut().insert(pid, p);
-        }
-        fn dead(&self, pid: Pid) -> bool {
-            let now = *self.clock.borrow();
-            self.procs
-                .borrow()
-                .get(&pid)
-                .is_none_or(|p| p.dies_at.is_some_and(|d| d <= now) || p.state == RunState::Zombie)
-        }
-    }
-
-    impl ProcessOps for Fake {
-        type Handle = Pid;
-        fn open(&self, pid: Pid, _: u64) -> io::Result<Option<Pid>> {
-            Ok(self.procs.borrow().contains_key(&pid).then_some(pid))
-        }
-        fn state(&self, h: &Pid) -> Option<RunState> {
-            self.procs.borrow().get(h).map(|p| p.state)
-        }
-        fn ignores(&self, h: &Pid, _: i32) -> bool {
-            self.procs.borrow()[h].ignores_term
-        }
-        fn signal(&self, h: &Pid, sig: i32) -> io::Result<bool> {
-            if self.dead(*h) {
-                return Ok(false);
-            }
-            let now = *self.clock.borrow();
-            self.log.borrow_mut().push((*h, sig_name(sig), now));
-            let mut procs = self.procs.borrow_mut();
-            let p = procs.get_mut(h).unwrap();
-            match sig {
-                libc::SIGTERM if !p.ignores_term && p.state != RunState::Stopped => {
-                    if let Some(d) = p.exits_after_term {
-                        p.dies_at = Some(now + d);
-                    }
-                }
-                libc::SIGCONT => {
-                    p.state = RunState::Live;
-                    if let Some(d) = p.exits_after_term {
-                        p.dies_at = Some(now + d);
-                    }
-                }
-                libc::SIGKILL if !p.survives_kill => {
-                    p.dies_at = Some(now + Duration::from_millis(1))
-                }
-                _ => {}
-            }
-            Ok(true)
-        }
-        fn exited(&self, h: &Pid) -> bool {
-            self.dead(*h)
-        }
-        fn via(&self, _: &Pid) -> Via {
-            Via::Pidfd
-        }
-        fn wait_any(&self, hs: &[&Pid], timeout: Duration) {
-            // Jump the virtual clock to the earliest exit or the timeout.
-            let now = *self.clock.borrow();
-            let next = hs
-                .iter()
-                .filter_map(|h| self.procs.borrow()[*h].dies_at)
-                .filter(|d| *d > now)
-                .min()
-                .unwrap_or(now + timeout)
-                .min(now + timeout);
-            *self.clock.borrow_mut() = next;
-        }
-        fn now(&self) -> Duration {
-            *self.clock.borrow()
-        }
-    }
+    use crate::sys::fake::{FakeOs, FakeProc};
+    use crate::sys::Clock;
 
     fn proc(term_ms: Option<u64>) -> FakeProc {
-        FakeProc {
-            state: RunState::Live,
-            ignores_term: false,
-            exits_after_term: term_ms.map(Duration::from_millis),
-            dies_at: None,
-            survives_kill: false,
-        }
+        FakeProc::new(1).on_term(term_ms.map(Duration::from_millis))
     }
 
     fn target(pid: Pid) -> StopTarget {
@@ -425,7 +277,7 @@ mod tests {
 
     #[test]
     fn cooperative_server_gets_only_sigterm() {
-        let f = Fake::default();
+        let f = FakeOs::new();
         f.add(100, proc(Some(8)));
         let r = stop_all(&f, &[target(100)], CFG);
         assert_eq!(r[0].signals, vec!["SIGTERM"]);
@@ -436,7 +288,7 @@ mod tests {
 
     #[test]
     fn stubborn_server_is_killed_after_grace() {
-        let f = Fake::default();
+        let f = FakeOs::new();
         f.add(100, proc(None));
         let r = stop_all(&f, &[target(100)], CFG);
         assert_eq!(r[0].signals, vec!["SIGTERM", "SIGKILL"]);
@@ -446,14 +298,8 @@ mod tests {
 
     #[test]
     fn ignored_sigterm_is_escalated_without_waiting() {
-        let f = Fake::default();
-        f.add(
-            100,
-            FakeProc {
-                ignores_term: true,
-                ..proc(None)
-            },
-        );
+        let f = FakeOs::new();
+        f.add(100, proc(None).ignores(libc::SIGTERM));
         let r = stop_all(&f, &[target(100)], CFG);
         assert_eq!(r[0].signals, vec!["SIGTERM", "SIGKILL"]);
         assert!(r[0].after_ms.unwrap() < 50.0, "{:?}", r[0].after_ms);
@@ -462,14 +308,8 @@ mod tests {
 
     #[test]
     fn zombie_is_not_signalled_or_waited_on() {
-        let f = Fake::default();
-        f.add(
-            100,
-            FakeProc {
-                state: RunState::Zombie,
-                ..proc(None)
-            },
-        );
+        let f = FakeOs::new();
+        f.add(100, proc(None).state(RunState::Zombie));
         let r = stop_all(&f, &[target(100)], CFG);
         assert!(r[0].signals.is_empty());
         assert_eq!(r[0].confirmed_by, Some(Confirmed::Zombie));
@@ -478,14 +318,8 @@ mod tests {
 
     #[test]
     fn stopped_process_gets_sigcont_after_sigterm() {
-        let f = Fake::default();
-        f.add(
-            100,
-            FakeProc {
-                state: RunState::Stopped,
-                ..proc(Some(5))
-            },
-        );
+        let f = FakeOs::new();
+        f.add(100, proc(Some(5)).state(RunState::Stopped));
         let r = stop_all(&f, &[target(100)], CFG);
         assert_eq!(r[0].signals, vec!["SIGTERM", "SIGCONT"]);
         assert!(r[0].after_ms.unwrap() < 50.0);
@@ -493,16 +327,16 @@ mod tests {
 
     #[test]
     fn vanished_target_is_not_signalled() {
-        let f = Fake::default();
+        let f = FakeOs::new();
         let r = stop_all(&f, &[target(100)], CFG);
         assert!(r[0].signals.is_empty());
         assert_eq!(r[0].confirmed_by, Some(Confirmed::AlreadyGone));
-        assert!(f.log.borrow().is_empty());
+        assert!(f.log().is_empty());
     }
 
     #[test]
     fn many_servers_share_one_grace_period() {
-        let f = Fake::default();
+        let f = FakeOs::new();
         for pid in 100..108 {
             f.add(pid, proc(None));
         }
@@ -515,26 +349,20 @@ mod tests {
 
     #[test]
     fn pid_one_and_ourselves_are_never_signalled_whatever_the_plan_says() {
-        let f = Fake::default();
+        let f = FakeOs::new();
         let me = std::process::id() as Pid;
         for pid in [1, me] {
             f.add(pid, proc(Some(1)));
         }
         let r = stop_all(&f, &[target(1), target(me)], CFG);
         assert!(r.iter().all(|r| r.signals.is_empty() && r.error.is_some()));
-        assert!(f.log.borrow().is_empty());
+        assert!(f.log().is_empty());
     }
 
     #[test]
     fn survivor_of_sigkill_is_an_error() {
-        let f = Fake::default();
-        f.add(
-            100,
-            FakeProc {
-                survives_kill: true,
-                ..proc(None)
-            },
-        );
+        let f = FakeOs::new();
+        f.add(100, proc(None).survives_kill());
         let r = stop_all(&f, &[target(100)], CFG);
         assert!(r[0].error.as_deref().unwrap().contains("did not exit"));
     }

@@ -99,16 +99,7 @@ impl Ui {
             json!((self.epoch.elapsed().as_secs_f64() * 1e6).round() / 1e3),
         );
         // CLOCK_MONOTONIC, so events merge exactly with other processes' logs.
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid out-pointer.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        obj.insert(
-            "mono_ns".into(),
-            json!(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64),
-        );
+        obj.insert("mono_ns".into(), json!(crate::sys::monotonic_ns()));
         if let Value::Object(m) = fields {
             obj.extend(m);
         }
@@ -138,16 +129,20 @@ impl Ui {
         // instead of being retried the way std's line reader retries.
         let mut answer = Vec::new();
         loop {
-            let mut b = [0u8; 1];
-            // SAFETY: reading one byte into a valid buffer from fd 0.
-            let n = unsafe { libc::read(0, b.as_mut_ptr().cast(), 1) };
-            if n == 1 && b[0] != b'\n' {
-                answer.push(b[0]);
-                continue;
-            }
-            if n < 0
+            let read = crate::sys::read_byte();
+            let n: isize = match &read {
+                Ok(Some(b)) if *b != b'\n' => {
+                    answer.push(*b);
+                    continue;
+                }
+                Ok(Some(_)) => 1,
+                Ok(None) => 0,
+                Err(_) => -1,
+            };
+            if read
+                .as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::Interrupted)
                 && crate::interrupt::requested().is_none()
-                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
             {
                 continue;
             }

@@ -55,6 +55,29 @@ pub fn lock_with_budget(
     }
 }
 
+/// Creates `path` (0600, its parent directory too) and holds an exclusive flock on it,
+/// waiting up to `budget` for another holder, like memtomem's `_file_lock`.
+pub fn hold_exclusive(path: &Path, budget: Duration) -> std::io::Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    if lock_with_budget(&f, libc::LOCK_EX, budget, Duration::from_millis(10))? {
+        Ok(f)
+    } else {
+        Err(std::io::Error::other(format!(
+            "held by another process for {budget:?}"
+        )))
+    }
+}
+
 pub enum PidLock {
     Won(File),
     Lost,

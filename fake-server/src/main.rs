@@ -5,6 +5,8 @@ mod locks;
 mod mcp;
 mod modes;
 mod paths;
+mod shape;
+mod topology;
 mod util;
 
 use std::ffi::OsString;
@@ -81,6 +83,14 @@ struct Cli {
         default_value = "0.6.12"
     )]
     server_version: String,
+    /// Look like this launch shape in /proc/<pid>/cmdline and comm (see src/shape.rs):
+    /// the process re-executes itself, same pid, with that argv.
+    #[arg(long, value_enum, value_name = "SHAPE")]
+    argv_shape: Option<shape::Shape>,
+    /// The interpreter path in the shaped argv [default: ~/.local/share/uv/tools/memtomem/bin/python;
+    /// uvx: ~/.cache/uv/archive-v0/<id>/bin/python].
+    #[arg(long, value_name = "PATH", requires = "argv_shape")]
+    argv_python: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -152,7 +162,7 @@ fn sig_name(sig: i32) -> String {
     }
 }
 
-fn die_early(msg: &str) -> ! {
+pub(crate) fn die_early(msg: &str) -> ! {
     eprintln!("fake-server: {msg}");
     std::process::exit(1)
 }
@@ -208,12 +218,20 @@ struct Server {
     generation: u32,
     legacy_path_for_ready: Option<PathBuf>,
     mcp: mcp::Session,
+    /// `many`: a worker reports its ready record here (one JSON line) to the launcher,
+    /// which writes the ready file for all of them.
+    ready_pipe: Option<RawFd>,
+    /// `orphan`: tell the parent we registered (it then exits), and its pid.
+    orphan_parent: Option<(RawFd, i32)>,
+    /// `wiki-lock`: the legacy and canonical wiki commit locks, held for life.
+    wiki_locks: Vec<File>,
+    wiki_paths: Vec<PathBuf>,
 }
 
 fn main() {
     // Captured before anything else, like the real server's very first statement.
     let mut stamp = util::iso_now();
-    let cli = Cli::parse();
+    let cli: Cli = shape::parse(|c: &Cli| c.argv_shape.map(|s| (s, c.argv_python.clone())));
     let m = match Modes::parse(&cli.modes) {
         Ok(m) => m,
         Err(e) => die_early(&e),
@@ -228,7 +246,7 @@ fn main() {
         .unwrap_or(0);
     ev.emit(
         "start",
-        json!({"argv": std::env::args().collect::<Vec<_>>(), "mode": m.raw, "started": stamp, "generation": generation}),
+        json!({"argv": std::env::args().collect::<Vec<_>>(), "mode": m.raw, "started": stamp, "generation": generation, "shape": cli.argv_shape.map(|s| format!("{s:?}"))}),
     );
     // The digest is computed before any fork so a daemon sees the same relative paths.
     let store = cli.store.clone().unwrap_or_else(paths::default_store);
@@ -259,7 +277,17 @@ fn main() {
         generation,
         legacy_path_for_ready: None,
         mcp,
+        ready_pipe: None,
+        orphan_parent: None,
+        wiki_locks: Vec::new(),
+        wiki_paths: Vec::new(),
     };
+    if let Some(n) = s.m.many {
+        s.many_launcher(n);
+    }
+    if s.m.orphan {
+        s.orphan_fork();
+    }
     if s.m.daemonize {
         s.daemonize();
     }
@@ -546,6 +574,9 @@ impl Server {
         if self.m.db_writer {
             self.open_db_writer();
         }
+        if let Some(root) = self.m.wiki_lock.clone() {
+            self.take_wiki_lock(root);
+        }
         self.map_files();
         for _ in 0..self.m.fork_children {
             self.fork_child();
@@ -553,6 +584,9 @@ impl Server {
         sigmask(libc::SIG_UNBLOCK, &[libc::SIGTERM]);
         if self.m.child_holds_flock {
             self.hand_lock_to_child();
+        }
+        if let Some((fd, parent)) = self.orphan_parent.take() {
+            self.become_orphan(fd, parent);
         }
         self.write_ready();
         if self.m.stopped {
@@ -898,16 +932,32 @@ impl Server {
         }
     }
 
-    fn write_ready(&self) {
+    fn write_ready(&mut self) {
         if self.m.ignore_sigterm {
             // The real disposition, as `signal(SIGTERM, SIG_IGN)` in a broken
             // server would set it: the kernel drops SIGTERM, /proc shows SigIgn.
             set_handler(libc::SIGTERM, libc::SIG_IGN);
         }
+        if let Some(fd) = self.ready_pipe.take() {
+            self.report_ready_to_launcher(fd);
+            return;
+        }
         let Some(path) = &self.cli.ready_file else {
             self.ev.emit("ready", json!({}));
             return;
         };
+        if let Err(e) = util::write_json_atomic(path, &self.ready_record()) {
+            eprintln!(
+                "fake-server: cannot write ready file {}: {e}",
+                path.display()
+            );
+        }
+        self.ev.emit("ready", json!({"ready_file": path}));
+    }
+
+    /// What the ready file says: this server, the processes of this invocation that are
+    /// meant to keep running before it (launcher, supervisor) and what it forked after.
+    fn ready_record(&self) -> serde_json::Value {
         let mut pids = self.elders.clone();
         pids.push(pid());
         pids.extend(&self.children);
@@ -915,23 +965,64 @@ impl Server {
             .pid_path
             .clone()
             .or_else(|| self.legacy_path_for_ready.clone());
-        let r = util::Ready {
-            pid: pid(),
-            pids,
-            pid_file: pid_file.as_deref(),
-            presence: self.presence.as_ref().map(|p| p.path.as_path()),
-            modes: &self.m.raw,
-            runtime_dir: self.runtime.as_deref(),
-            started: &self.stamp,
-            procid: &self.procid,
-        };
-        if let Err(e) = util::write_ready(path, &r) {
-            eprintln!(
-                "fake-server: cannot write ready file {}: {e}",
-                path.display()
+        let p = |x: Option<&Path>| x.map(|p| p.to_string_lossy().into_owned());
+        json!({
+            "pid": pid(),
+            "pids": pids,
+            "pid_file": p(pid_file.as_deref()),
+            "presence": p(self.presence.as_ref().map(|p| p.path.as_path())),
+            "mode": self.m.raw,
+            "runtime_dir": p(self.runtime.as_deref()),
+            "started": self.stamp,
+            "procid": self.procid,
+            "wiki_locks": self.wiki_paths,
+        })
+    }
+
+    /// `wiki-lock[=ROOT]`: what a wiki commit holds while it runs (upstream #2225), for
+    /// the whole life of this server: `<runtime>/wiki-commit-<sha256(resolved root)[:16]>.lock`
+    /// and the transitional legacy lock, taken first like upstream. The legacy one is
+    /// `<runtime>/legacy/…` when the runtime dir is an override (`--runtime-dir`, or
+    /// memtomem's test override), else `$TMPDIR/memtomem/…`. Both 0600, EX flock, never
+    /// unlinked (neither is a liveness signal nor anyone's to delete).
+    fn take_wiki_lock(&mut self, root: Option<PathBuf>) {
+        let root = root.unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into()))
+                .join(".memtomem-wiki")
+        });
+        let Some(digest) = paths::path_digest(root.as_os_str()) else {
+            self.fail(
+                1,
+                &format!(
+                    "fake-server: wiki root {} cannot be resolved",
+                    root.display()
+                ),
             );
+        };
+        let rt = self.runtime.clone().expect("runtime dir");
+        let name = format!("wiki-commit-{digest}.lock");
+        let legacy = if paths::runtime_dir_is_override(self.cli.runtime_dir.as_deref()) {
+            rt.join("legacy").join(&name)
+        } else {
+            std::env::temp_dir().join("memtomem").join(&name)
+        };
+        for (kind, path) in [
+            ("wiki-commit-legacy", legacy),
+            ("wiki-commit", rt.join(&name)),
+        ] {
+            match locks::hold_exclusive(&path, Duration::from_secs(5)) {
+                Ok(f) => {
+                    self.ev
+                        .emit("lock", json!({"kind": kind, "path": path, "root": root}));
+                    self.wiki_paths.push(path);
+                    self.wiki_locks.push(f);
+                }
+                Err(e) => self.fail(
+                    1,
+                    &format!("fake-server: wiki lock {}: {e}", path.display()),
+                ),
+            }
         }
-        self.ev.emit("ready", json!({"ready_file": path}));
     }
 
     /// Unlink our own files: presence marker first, then web.json, then the pid file

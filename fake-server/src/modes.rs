@@ -127,6 +127,21 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "MS",
         "sleep MS before anything (Python's import time)",
     ),
+    (
+        "wiki-lock",
+        "[ROOT]",
+        "hold wiki-commit-<digest16>.lock (+ legacy) for life",
+    ),
+    (
+        "orphan",
+        "",
+        "double fork: its parent exits once it registered",
+    ),
+    (
+        "many",
+        "N",
+        "a launcher forks N servers (same store: 1 primary)",
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +193,10 @@ pub struct Modes {
     pub hang_initialize: bool,
     pub crash_on_initialize: bool,
     pub slow_start: Option<u64>,
+    /// `wiki-lock[=ROOT]`: Some(None) is the default root, `~/.memtomem-wiki`.
+    pub wiki_lock: Option<Option<PathBuf>>,
+    pub orphan: bool,
+    pub many: Option<u32>,
 }
 
 /// Validates one `--mode` value (used as clap's value parser).
@@ -328,6 +347,24 @@ impl Modes {
                 self.crash_on_initialize = true
             }
             "slow-start" => self.slow_start = Some(num("MS")?),
+            "wiki-lock" => {
+                self.wiki_lock = Some(match arg {
+                    None => None,
+                    Some("") => return Err("wiki-lock= needs a ROOT (or no =)".into()),
+                    Some(a) => Some(PathBuf::from(a)),
+                })
+            }
+            "orphan" => {
+                none()?;
+                self.orphan = true
+            }
+            "many" => {
+                let n = num("N")?;
+                if !(1..=1000).contains(&n) {
+                    return Err("many: N must be 1..=1000".into());
+                }
+                self.many = Some(n as u32)
+            }
             _ => return Err(format!("unknown mode {name:?} (see --help)")),
         }
         Ok(())

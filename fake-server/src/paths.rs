@@ -20,7 +20,7 @@ pub fn resolve_runtime_dir(flag: Option<&Path>) -> PathBuf {
             }
         }
     }
-    PathBuf::from(format!("/tmp/memtomem-{}", nix::unistd::geteuid()))
+    resolve_runtime_dir_canonical()
 }
 
 /// Validates an existing directory the way `validate_runtime_dir` does, returning the
@@ -104,6 +104,23 @@ pub fn store_digest(store: &OsStr) -> Option<String> {
     let norm = normalise(store)?;
     let h = Sha256::digest(norm.as_os_str().as_bytes());
     Some(h.iter().take(8).map(|x| format!("{x:02x}")).collect())
+}
+
+/// `sha256(str(Path(text).expanduser().resolve()))[:16]`: the wiki commit lock's key.
+pub fn path_digest(text: &OsStr) -> Option<String> {
+    let norm = normalise(text)?;
+    let h = Sha256::digest(norm.as_os_str().as_bytes());
+    Some(h.iter().take(8).map(|x| format!("{x:02x}")).collect())
+}
+
+/// Whether the runtime dir is an override (the flag, or memtomem's test override) rather
+/// than the canonical `/tmp/memtomem-<euid>`.
+pub fn runtime_dir_is_override(flag: Option<&Path>) -> bool {
+    resolve_runtime_dir(flag) != resolve_runtime_dir_canonical()
+}
+
+fn resolve_runtime_dir_canonical() -> PathBuf {
+    PathBuf::from(format!("/tmp/memtomem-{}", nix::unistd::geteuid()))
 }
 
 /// Python `Path(text).expanduser().resolve(strict=False)` on POSIX.

@@ -106,36 +106,6 @@ impl Events {
     }
 }
 
-/// What the ready file says. Written atomically (temp file + rename) so a poller never
-/// reads a half-written object.
-pub struct Ready<'a> {
-    pub pid: u32,
-    pub pids: Vec<u32>,
-    pub pid_file: Option<&'a Path>,
-    pub presence: Option<&'a Path>,
-    pub modes: &'a [String],
-    pub runtime_dir: Option<&'a Path>,
-    pub started: &'a str,
-    pub procid: &'a str,
-}
-
-pub fn write_ready(path: &Path, r: &Ready) -> std::io::Result<()> {
-    let p = |x: Option<&Path>| x.map(|p| p.to_string_lossy().into_owned());
-    write_json_atomic(
-        path,
-        &json!({
-        "pid": r.pid,
-        "pids": r.pids,
-        "pid_file": p(r.pid_file),
-        "presence": p(r.presence),
-        "mode": r.modes,
-        "runtime_dir": p(r.runtime_dir),
-        "started": r.started,
-        "procid": r.procid,
-        }),
-    )
-}
-
 /// Writes `v` and a newline to `path` through a temp file and a rename, so a poller
 /// never reads a half-written object.
 pub fn write_json_atomic(path: &Path, v: &Value) -> std::io::Result<()> {

@@ -1,0 +1,253 @@
+//! Process trees a server can be part of, beyond the lone server: `many=N` (one launcher,
+//! N servers) and `orphan` (the server's parent is gone).
+
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{describe_status, drain, fork, hard_exit, pid, Server};
+
+fn pipe() -> (RawFd, RawFd) {
+    let mut p = [0; 2];
+    // SAFETY: pipe2 fills our array.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        crate::die_early(&format!("pipe2: {}", std::io::Error::last_os_error()));
+    }
+    (p[0], p[1])
+}
+
+fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor this process owns.
+    unsafe { libc::close(fd) };
+}
+
+impl Server {
+    /// `many=N`: this process becomes a launcher (an MCP host with N registrations, as
+    /// upstream saw 88 on one host) that forks N servers. They share its stdin and its
+    /// store, so one wins the pid lock and the others run as secondaries (warning,
+    /// presence marker only). Each worker returns from here and starts up as a server;
+    /// the launcher collects their ready records and writes one ready file: the
+    /// primary's record, with `pids` [launcher, every server (the primary first) and what
+    /// it forked] and `servers` every record. It exits 0 once every server is gone, or on SIGTERM/SIGINT (leaving them).
+    pub(crate) fn many_launcher(&mut self, n: u32) {
+        let launcher = pid();
+        let (rd, wr) = pipe();
+        let mut kids = Vec::new();
+        for i in 0..n {
+            let c = fork();
+            if c == 0 {
+                close(rd);
+                self.ready_pipe = Some(wr);
+                self.elders.push(launcher);
+                self.become_worker();
+                return;
+            }
+            self.ev
+                .emit("fork", json!({"child": c, "role": "server", "index": i}));
+            kids.push(c);
+        }
+        close(wr);
+        // The launcher's stdin belongs to its servers: it never reads it.
+        self.watch_stdin = false;
+        let sig_rd = crate::make_sig_pipe();
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+            crate::catch(s);
+        }
+        let records = collect_ready(rd, n as usize, Instant::now() + Duration::from_secs(60));
+        close(rd);
+        if records.len() < n as usize {
+            self.warn(&format!(
+                "many: {} of {n} servers reported ready",
+                records.len()
+            ));
+        }
+        // The primary (the one holding the pid file) first: `pid` names it, and every
+        // pid after the launcher is a server or something a server forked.
+        let mut records = records;
+        if let Some(i) = records.iter().position(|r| !r["pid_file"].is_null()) {
+            let primary = records.remove(i);
+            records.insert(0, primary);
+        }
+        let mut pids = vec![launcher as i64];
+        for r in &records {
+            for p in r["pids"].as_array().into_iter().flatten() {
+                if let Some(p) = p.as_i64().filter(|p| *p != launcher as i64) {
+                    pids.push(p);
+                }
+            }
+        }
+        let mut ready = records.first().cloned().unwrap_or_else(|| json!({}));
+        ready["pid"] = json!(records.first().map_or(kids[0] as i64, |r| r["pid"]
+            .as_i64()
+            .unwrap_or(kids[0] as i64)));
+        ready["pids"] = json!(pids);
+        ready["servers"] = json!(records);
+        ready["mode"] = json!(self.m.raw);
+        match &self.cli.ready_file {
+            Some(path) => {
+                if let Err(e) = crate::util::write_json_atomic(path, &ready) {
+                    eprintln!(
+                        "fake-server: cannot write ready file {}: {e}",
+                        path.display()
+                    );
+                }
+                self.ev
+                    .emit("ready", json!({"ready_file": path, "servers": n}));
+            }
+            None => self.ev.emit("ready", json!({"servers": n})),
+        }
+        let mut live = kids.len();
+        loop {
+            let mut fds = [libc::pollfd {
+                fd: sig_rd,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: poll on our own array. A timeout catches a SIGCHLD that came
+            // before the handler was installed.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) };
+            for sig in drain(sig_rd) {
+                if sig != libc::SIGCHLD {
+                    self.ev.emit(
+                        "signal",
+                        json!({"signal": crate::sig_name(sig), "action": "launcher-exit"}),
+                    );
+                    self.ev
+                        .emit("exit", json!({"code": 0, "how": "many-launcher-signalled"}));
+                    hard_exit(0);
+                }
+            }
+            loop {
+                let mut st = 0;
+                // SAFETY: reaping our own children.
+                let p = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+                if p <= 0 {
+                    break;
+                }
+                self.ev.emit(
+                    "child-exit",
+                    json!({"child": p, "status": describe_status(st)}),
+                );
+                if kids.contains(&p) {
+                    live -= 1;
+                }
+            }
+            if live == 0 {
+                self.ev
+                    .emit("exit", json!({"code": 0, "how": "many-launcher-done"}));
+                hard_exit(0);
+            }
+        }
+    }
+
+    /// `many`: the worker's ready record goes to the launcher, one JSON line.
+    pub(crate) fn report_ready_to_launcher(&self, fd: RawFd) {
+        let mut line = self.ready_record().to_string();
+        line.push('\n');
+        // SAFETY: one write of our own buffer (under PIPE_BUF for any sane record, so
+        // lines of several workers never interleave), then our end is closed.
+        unsafe {
+            libc::write(fd, line.as_ptr().cast(), line.len());
+            libc::close(fd);
+        }
+        self.ev.emit("ready", json!({"to": "launcher"}));
+    }
+
+    /// `orphan`: the spawned process A forks B (standing for the MCP client), which forks
+    /// C, the server. C registers (its presence marker records B as its parent); then B
+    /// exits, A reaps it and exits 0, and C is re-parented (to the nearest subreaper, or
+    /// init) with its stdin still open, as after a client that died without closing it
+    /// (#440). Returns in C.
+    pub(crate) fn orphan_fork(&mut self) {
+        let b = fork();
+        if b > 0 {
+            self.ev
+                .emit("fork", json!({"child": b, "role": "orphan-client"}));
+            let mut st = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(b, &mut st, 0) };
+            self.ev.emit(
+                "child-exit",
+                json!({"child": b, "status": describe_status(st)}),
+            );
+            self.ev
+                .emit("exit", json!({"code": 0, "how": "orphan-launcher"}));
+            hard_exit(0);
+        }
+        let client = pid() as i32;
+        let (rd, wr) = pipe();
+        let c = fork();
+        if c > 0 {
+            close(wr);
+            self.ev.emit("fork", json!({"child": c, "role": "server"}));
+            // Wait until the server registered (a byte), or died (EOF).
+            let mut b = [0u8; 1];
+            // SAFETY: a blocking read of our pipe.
+            unsafe { libc::read(rd, b.as_mut_ptr().cast(), 1) };
+            self.ev
+                .emit("exit", json!({"code": 0, "how": "orphan-parent-gone"}));
+            hard_exit(0);
+        }
+        close(rd);
+        self.orphan_parent = Some((wr, client));
+        self.become_worker();
+    }
+
+    /// `orphan`, in the server once it registered: let the parent go and wait until it
+    /// is gone, so the ready file is written by an orphan.
+    pub(crate) fn become_orphan(&mut self, fd: RawFd, parent: i32) {
+        // SAFETY: one byte to our parent, then our end is closed.
+        unsafe {
+            libc::write(fd, b"r".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nix::unistd::getppid().as_raw() == parent && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.ev.emit(
+            "orphaned",
+            json!({"parent_was": parent, "ppid": nix::unistd::getppid().as_raw()}),
+        );
+    }
+}
+
+/// Reads `n` JSON lines from `fd` (or until every writer is gone, or the deadline).
+fn collect_ready(fd: RawFd, n: usize, deadline: Instant) -> Vec<Value> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut fds = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll on our own array.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 1, left.as_millis().min(1000) as i32) };
+        if r <= 0 {
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        // SAFETY: reading into our buffer.
+        let got = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if got == 0 {
+            break;
+        }
+        if got < 0 {
+            continue;
+        }
+        buf.extend_from_slice(&chunk[..got as usize]);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            if let Ok(v) = serde_json::from_slice(&line) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}

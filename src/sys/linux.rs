@@ -1,0 +1,504 @@
+//! Linux: `/proc`, fdinfo lock lines, pidfds.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{
+    posix, Bounded, Clock, FileId, Files, LockKind, LockSeen, Mapping, OpenFile, Pid, ProcStat,
+    Processes, RunState, Signals, Via,
+};
+
+/// The Linux kernel, through `/proc` and pidfds.
+#[derive(Debug)]
+pub struct Linux {
+    epoch: Instant,
+}
+
+impl Default for Linux {
+    fn default() -> Self {
+        Linux {
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// Parse `/proc/<pid>/stat`. The command name may contain spaces and
+/// parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text[open + 1..close].to_string();
+    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    let state = match rest.first()?.chars().next()? {
+        'Z' | 'X' | 'x' => RunState::Zombie,
+        'T' | 't' => RunState::Stopped,
+        _ => RunState::Live,
+    };
+    Some(ProcStat {
+        pid,
+        ppid: rest.get(1)?.parse().ok()?,
+        pgrp: rest.get(2)?.parse().ok()?,
+        session: rest.get(3)?.parse().ok()?,
+        state,
+        start_ticks: rest.get(19)?.parse().ok()?,
+        comm,
+        uid: None,
+    })
+}
+
+/// The `SigIgn` mask of `/proc/<pid>/status`.
+pub fn parse_sig_ign(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Parse `/proc/<pid>/maps`, keeping one entry per file. The kernel appends
+/// ` (deleted)` to unlinked files; a file really named that way is told apart
+/// by the caller comparing inodes, never by the suffix alone.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        // address perms offset dev inode path
+        let mut parts = line.splitn(6, ' ');
+        let (_, _, _, _) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let inode: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let Some(path) = parts.next().map(str::trim_start) else {
+            continue;
+        };
+        if inode == 0 || !path.starts_with('/') {
+            continue;
+        }
+        let (path, deleted) = match path.strip_suffix(" (deleted)") {
+            Some(p) => (p.to_string(), true),
+            None => (path.to_string(), false),
+        };
+        if !out.iter().any(|m| m.path == path && m.inode == inode) {
+            out.push(Mapping {
+                path,
+                deleted,
+                inode,
+            });
+        }
+    }
+    out
+}
+
+/// The FLOCK kind from an fdinfo body, if any. Lines look like
+/// `lock:\t1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`.
+pub fn parse_fdinfo_flock(text: &str) -> Option<LockKind> {
+    text.lines()
+        .filter(|l| l.starts_with("lock:"))
+        .filter(|l| l.contains("FLOCK"))
+        .find_map(|l| {
+            if l.contains(" WRITE ") {
+                Some(LockKind::Write)
+            } else if l.contains(" READ ") {
+                Some(LockKind::Read)
+            } else {
+                None
+            }
+        })
+}
+
+/// Read a small `/proc` file in as few syscalls as possible: procfs serves
+/// these from one page per read, so a short read is the end. (std's
+/// `read_to_end` starts with a tiny probe read, which costs several syscalls
+/// per file on a scan of a thousand processes.) With the file's owner.
+fn read_proc(path: &str) -> Option<(Vec<u8>, u32)> {
+    let mut f = fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = f.read(&mut buf[len..]).ok()?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(len);
+    let uid = f.metadata().map(|m| m.uid()).unwrap_or(u32::MAX);
+    Some((buf, uid))
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .map_or(100, |t| t as u64)
+}
+
+fn boottime() -> Duration {
+    posix::clock(libc::CLOCK_BOOTTIME)
+}
+
+impl Processes for Linux {
+    fn pids(&self) -> Vec<Pid> {
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    fn stat(&self, pid: Pid) -> Option<ProcStat> {
+        let (bytes, uid) = read_proc(&format!("/proc/{pid}/stat"))?;
+        let mut st = parse_stat(&String::from_utf8_lossy(&bytes))?;
+        // /proc/<pid> files belong to the process's effective uid (root
+        // for a non-dumpable one, which is then not ours either).
+        st.uid = Some(uid);
+        Some(st)
+    }
+
+    fn cmdline(&self, pid: Pid) -> Vec<String> {
+        match read_proc(&format!("/proc/{pid}/cmdline")) {
+            Some((bytes, _)) => bytes
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn exe(&self, pid: Pid) -> Option<FileId> {
+        // stat() follows the magic link to the executable itself.
+        fs::metadata(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|m| FileId::of(&m))
+    }
+
+    fn cwd(&self, pid: Pid) -> Option<PathBuf> {
+        fs::read_link(format!("/proc/{pid}/cwd")).ok()
+    }
+
+    fn ignored(&self, pid: Pid) -> Option<u64> {
+        let (bytes, _) = read_proc(&format!("/proc/{pid}/status"))?;
+        parse_sig_ign(&String::from_utf8_lossy(&bytes))
+    }
+
+    fn maps(&self, pid: Pid) -> Vec<Mapping> {
+        fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map(|t| parse_maps(&t))
+            .unwrap_or_default()
+    }
+}
+
+impl Files for Linux {
+    fn open_files(&self, pid: Pid, id: FileId) -> Vec<OpenFile> {
+        let mut out = Vec::new();
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return out;
+        };
+        for entry in dir.flatten() {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // stat() follows the magic link to the open file itself.
+            let Ok(meta) = fs::metadata(entry.path()) else {
+                continue;
+            };
+            if FileId::of(&meta) != id {
+                continue;
+            }
+            let lock = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                .ok()
+                .and_then(|t| parse_fdinfo_flock(&t))
+                .map_or(LockSeen::None, LockSeen::Flock);
+            out.push(OpenFile { pid, fd, lock });
+        }
+        out
+    }
+}
+
+impl Clock for Linux {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
+    }
+    /// Clock ticks since boot (`CLOCK_BOOTTIME`, the clock of a process's
+    /// start time), so "started after the install" has no wall-clock skew.
+    fn start_now(&self) -> u64 {
+        let hz = clock_ticks();
+        let t = boottime();
+        t.as_secs() * hz + (t.subsec_nanos() as u64 * hz) / 1_000_000_000
+    }
+    fn start_unit_secs(&self) -> f64 {
+        1.0 / clock_ticks() as f64
+    }
+    fn start_origin_wall_secs(&self) -> f64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.as_secs_f64() - boottime().as_secs_f64()
+    }
+}
+
+/// A handle on one process that cannot be confused with a later process
+/// reusing its pid: a pidfd where the kernel has them, otherwise the pid plus
+/// its start time, re-checked before every signal.
+#[derive(Debug)]
+pub struct ProcHandle {
+    pub pid: Pid,
+    pub start_ticks: u64,
+    pidfd: Option<OwnedFd>,
+}
+
+fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: the kernel just gave us this descriptor.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl ProcHandle {
+    /// Open a handle on `pid`, insisting that it is still the process that
+    /// started at `start_ticks`. `Ok(None)` means it is already gone.
+    pub fn open(pid: Pid, start_ticks: u64) -> io::Result<Option<ProcHandle>> {
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => Some(fd),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ESRCH) => return Ok(None),
+                Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EINVAL) => None,
+                _ => return Err(e),
+            },
+        };
+        // Checked after the pidfd exists: from here on the pid cannot be reused
+        // under us, so a matching start time proves the identity for good.
+        match super::real().stat(pid) {
+            Some(st) if st.start_ticks == start_ticks => Ok(Some(ProcHandle {
+                pid,
+                start_ticks,
+                pidfd,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    fn same_process(&self) -> bool {
+        matches!(super::real().stat(self.pid), Some(st) if st.start_ticks == self.start_ticks && st.state != RunState::Zombie)
+    }
+}
+
+impl Signals for Linux {
+    type Handle = ProcHandle;
+
+    fn open(&self, pid: Pid, start: u64) -> io::Result<Option<ProcHandle>> {
+        ProcHandle::open(pid, start)
+    }
+
+    fn state(&self, h: &ProcHandle) -> Option<RunState> {
+        self.stat(h.pid)
+            .filter(|s| s.start_ticks == h.start_ticks)
+            .map(|s| s.state)
+    }
+
+    fn ignores(&self, h: &ProcHandle, sig: i32) -> bool {
+        self.ignored(h.pid)
+            .is_some_and(|m| m & super::sig_bit(sig) != 0)
+    }
+
+    fn signal(&self, h: &ProcHandle, sig: i32) -> io::Result<bool> {
+        let rc = match &h.pidfd {
+            // SAFETY: valid pidfd; a null siginfo is allowed.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ) as i32
+            },
+            None => {
+                if h.pid <= 1 || !h.same_process() {
+                    return Ok(false);
+                }
+                // SAFETY: plain kill of one pid > 1.
+                unsafe { libc::kill(h.pid, sig) }
+            }
+        };
+        if rc == 0 {
+            Ok(true)
+        } else {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ESRCH) => Ok(false),
+                _ => Err(io::Error::last_os_error()),
+            }
+        }
+    }
+
+    /// A pidfd becomes readable at exit, before the parent reaps, so an
+    /// unreaped zombie is never waited on.
+    fn exited(&self, h: &ProcHandle) -> bool {
+        match &h.pidfd {
+            Some(fd) => posix::poll_readable(&[fd.as_raw_fd()], Duration::ZERO, &|| true),
+            None => !h.same_process(),
+        }
+    }
+
+    fn via(&self, h: &ProcHandle) -> Via {
+        if h.pidfd.is_some() {
+            Via::Pidfd
+        } else {
+            Via::Kill
+        }
+    }
+
+    /// With pidfds one `poll(2)`; without, a short sleep-and-check loop.
+    fn wait_any(&self, hs: &[&ProcHandle], timeout: Duration) {
+        if hs.is_empty() {
+            return;
+        }
+        let fds: Option<Vec<i32>> = hs
+            .iter()
+            .map(|h| h.pidfd.as_ref().map(|f| f.as_raw_fd()))
+            .collect();
+        match fds {
+            Some(fds) => {
+                posix::poll_readable(&fds, timeout, &|| true);
+            }
+            None => std::thread::sleep(timeout.min(Duration::from_millis(5))),
+        }
+    }
+}
+
+/// Our child, waited for without being reaped: a pidfd, or `waitid` with
+/// `WNOWAIT` where there is none.
+pub struct ChildWaiter {
+    pid: Pid,
+    pidfd: Option<OwnedFd>,
+}
+
+impl ChildWaiter {
+    pub fn new(pid: Pid) -> ChildWaiter {
+        ChildWaiter {
+            pid,
+            pidfd: pidfd_open(pid).ok(),
+        }
+    }
+}
+
+impl Bounded for ChildWaiter {
+    /// Checked in short slices: a signal delivered to another thread does
+    /// not interrupt this thread's poll, and a timeout too large for
+    /// `Instant` means no deadline rather than a panic.
+    fn wait_exit(&self, timeout: Duration, abort: &dyn Fn() -> bool) -> bool {
+        const SLICE: Duration = Duration::from_millis(50);
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let left = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()));
+            let slice = left.min(SLICE);
+            let exited = match &self.pidfd {
+                Some(fd) => posix::poll_readable(&[fd.as_raw_fd()], slice, abort),
+                None => {
+                    // SAFETY: an all-zero siginfo is a valid out-buffer;
+                    // WNOWAIT leaves the child for Child::wait to reap.
+                    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                    let rc = unsafe {
+                        libc::waitid(
+                            libc::P_PID,
+                            self.pid as libc::id_t,
+                            &mut info,
+                            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                        )
+                    };
+                    // SAFETY: si_pid is valid after a successful waitid.
+                    let done = rc == 0 && unsafe { info.si_pid() } == self.pid;
+                    if !done {
+                        std::thread::sleep(slice.min(Duration::from_millis(5)));
+                    }
+                    done
+                }
+            };
+            if exited {
+                return true;
+            }
+            if left.is_zero() || abort() {
+                return false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parses_comm_with_spaces_and_parens() {
+        let line =
+            "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
+        let st = parse_stat(line).unwrap();
+        assert_eq!(st.pid, 4242);
+        assert_eq!(st.comm, "a (weird) name");
+        assert_eq!(st.ppid, 1);
+        assert_eq!(st.state, RunState::Live);
+        assert_eq!(st.start_ticks, 98765);
+    }
+
+    #[test]
+    fn stat_states_map_to_zombie_and_stopped() {
+        let z = "7 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
+        let t = "7 (x) T 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
+        assert_eq!(parse_stat(z).unwrap().state, RunState::Zombie);
+        assert_eq!(parse_stat(t).unwrap().state, RunState::Stopped);
+    }
+
+    #[test]
+    fn status_reads_sigign_mask() {
+        let m = parse_sig_ign("Name:\tx\nUid:\t1000\t1000\t1000\t1000\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000004000\nSigCgt:\t0000000000000002\n").unwrap();
+        assert_ne!(m & super::super::sig_bit(libc::SIGTERM), 0);
+        assert_eq!(m & super::super::sig_bit(libc::SIGINT), 0);
+    }
+
+    #[test]
+    fn fdinfo_lock_lines_are_recognised() {
+        let w = "pos:\t0\nflags:\t02\nmnt_id:\t1\nino:\t5\nlock:\t1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF\n";
+        let r = "lock:\t1: FLOCK  ADVISORY  READ 1234 fd:01:5678 0 EOF\n";
+        let posix = "lock:\t1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 0 EOF\n";
+        assert_eq!(parse_fdinfo_flock(w), Some(LockKind::Write));
+        assert_eq!(parse_fdinfo_flock(r), Some(LockKind::Read));
+        assert_eq!(parse_fdinfo_flock(posix), None);
+        assert_eq!(parse_fdinfo_flock("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn maps_marks_deleted_files_and_dedups() {
+        let text = "7f00-7f01 r--p 00000000 fd:01 123 /t/memtomem/lib/a.so (deleted)\n\
+                    7f01-7f02 r-xp 00001000 fd:01 123 /t/memtomem/lib/a.so (deleted)\n\
+                    7f02-7f03 rw-p 00000000 00:00 0 \n\
+                    7f03-7f04 r--p 00000000 fd:01 456 /usr/lib/libc.so.6\n";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 2);
+        assert!(m[0].deleted && m[0].path == "/t/memtomem/lib/a.so");
+        assert!(!m[1].deleted);
+    }
+
+    #[test]
+    fn our_own_entry_shows_owner_and_start() {
+        let os = Linux::default();
+        let st = os.stat(std::process::id() as Pid).unwrap();
+        assert_eq!(st.uid, Some(super::super::euid()));
+        assert!(st.start_ticks <= os.start_now());
+    }
+}
