@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Compile-check mm-upgrade (library and binaries) for macOS, on Linux:
+# Debian's rustc-web, cargo-web and rust-web-src (Rust 1.85, the project's
+# rust-version; bookworm-security) build std for the Apple targets with
+# -Zbuild-std. Nothing here runs macOS code: this proves src/sys/macos.rs and
+# everything it links compile (and its kinfo_proc layout asserts hold), with
+# warnings as errors.
+#
+# It works on a copy of the checkout (the lockfile is re-resolved there for
+# Rust 1.85, never in the checkout) with a target dir of its own:
+# target/macos-check/ (MM_MACOS_CHECK_DIR). Targets: MM_MACOS_TARGETS
+# (default: x86_64-apple-darwin aarch64-apple-darwin). The Debian packages
+# are installed when missing, which needs root and apt.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+OUT=${MM_MACOS_CHECK_DIR:-$ROOT/target/macos-check}
+TARGETS=${MM_MACOS_TARGETS:-x86_64-apple-darwin aarch64-apple-darwin}
+PKGS=(rustc-web cargo-web rust-web-src)
+die() { echo "macos-check: $*" >&2; exit 1; }
+
+installed() {
+  local n
+  n=$(dpkg-query -W -f='${Status}\n' "${PKGS[@]}" 2>/dev/null | grep -c 'install ok installed' || true)
+  [[ "$n" -eq ${#PKGS[@]} ]]
+}
+if ! installed; then
+  command -v apt-get >/dev/null 2>&1 \
+    || die "the Debian packages ${PKGS[*]} are needed, and there is no apt-get here"
+  [[ $(id -u) -eq 0 ]] \
+    || die "the Debian packages ${PKGS[*]} are missing; as root: apt-get install -y ${PKGS[*]}"
+  echo "macos-check: installing ${PKGS[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${PKGS[@]}" \
+    || { apt-get update -q && apt-get install -y -q "${PKGS[@]}"; } \
+    || die "apt-get could not install ${PKGS[*]} (they come from bookworm-security; is it in the apt sources?)"
+fi
+[[ -x /usr/bin/rustc && -x /usr/bin/cargo && -d /usr/lib/rustlib/src/rust/library ]] \
+  || die "/usr/bin/rustc, /usr/bin/cargo or the std sources (/usr/lib/rustlib/src) are missing after the install"
+/usr/bin/rustc --version
+
+SRC=$OUT/src
+rm -rf "$SRC"
+mkdir -p "$SRC"
+tar -C "$ROOT" --exclude=./target --exclude=./.git -cf - . | tar -C "$SRC" -xf -
+cd "$SRC"
+# The checkout's lockfile may name releases newer than Rust 1.85 supports.
+CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback /usr/bin/cargo update --quiet \
+  || die "cargo could not resolve the dependencies for Rust 1.85"
+for t in $TARGETS; do
+  t0=$(date +%s)
+  RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+    CARGO_TARGET_DIR="$OUT/target" RUSTFLAGS="-D warnings" \
+    /usr/bin/cargo check --locked --quiet -Zbuild-std=std,panic_abort \
+    --target "$t" -p mm-upgrade --lib --bins \
+    || die "mm-upgrade does not compile for $t (see above)"
+  echo "macos-check: $t compiles ($(($(date +%s) - t0))s)"
+done
