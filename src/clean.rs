@@ -197,6 +197,8 @@ mod tests {
             problem: None,
             transient: false,
             file_id: None,
+
+            installation: Default::default(),
         }
     }
 

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::paths::{self, PathEnv};
 use crate::pidfile::{self, LegacyMode, Payload, Probe};
-use crate::proof;
 pub use crate::proof::Installation;
+use crate::proof::{self, Origin};
 use crate::sys::{self, FileId, Os, Pid, ProcStat, RunState};
 
 /// What kind of memtomem process an instance is.
@@ -74,6 +74,9 @@ pub struct Instance {
     pub transient: bool,
     #[serde(skip)]
     pub file_id: Option<FileId>,
+    /// Which installation it runs: this one, another (a `uvx` cache env, a
+    /// project venv), or unknown.
+    pub installation: Origin,
 }
 
 /// A memtomem file nobody holds, safe to remove.
@@ -251,13 +254,18 @@ pub fn discover_in(os: &dyn Os, scope: &Scope) -> Inventory {
             .and_then(|m| m.modified().ok())
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < STARTING_GRACE);
-        let proof = scope.install.evidence(os, pid);
-        let problem = match &proof {
-            Some(p) => {
-                evidence.push(p.clone());
+        let (origin, proof) = proof::origin(os, scope.install, pid);
+        let problem = match (&origin, proof) {
+            (Origin::This, Some(p)) => {
+                evidence.push(p);
                 None
             }
-            None => Some(format!(
+            (Origin::Other(env), _) => Some(format!(
+                "server registry: live pid {pid} has no authoritative pid lock (a secondary or starting server, marker {}) and runs another installation ({}), not this one; stop it manually",
+                marker.display(),
+                env.display()
+            )),
+            _ => Some(format!(
                 "server registry: live pid {pid} has no authoritative pid lock (a secondary or starting server, marker {}) and nothing proves it runs this installation; stop it manually",
                 marker.display()
             )),
@@ -273,12 +281,14 @@ pub fn discover_in(os: &dyn Os, scope: &Scope) -> Inventory {
             transient: young && problem.is_some(),
             problem,
             file_id: None,
+            installation: origin,
         });
     }
 
     if scope.scan_processes && scope.install.env_dir.is_some() {
         scan_installation(&mut inv, cx);
     }
+    classify_holders(&mut inv, cx);
     // A process found both as a server and through a marker or scan is
     // reported once; children of a target are handled by the stop stage.
     inv
@@ -321,8 +331,38 @@ fn scan_installation(inv: &mut Inventory, cx: &Cx) {
                 problem: None,
                 transient: false,
                 file_id: None,
+                installation: Origin::This,
             });
         }
+    }
+}
+
+/// Lock holders of pid files say which installation they run (their
+/// launch shape): this one, another one (stopped all the same — they hold
+/// the store — but named, since a client that launches them pinned, e.g.
+/// `uvx --from memtomem==V`, starts that same version again), or unknown.
+fn classify_holders(inv: &mut Inventory, cx: &Cx) {
+    for i in inv.instances.iter_mut() {
+        let Some(pid) = i.pid else { continue };
+        if i.installation != Origin::Unknown || i.file_id.is_none() {
+            continue;
+        }
+        let (origin, evidence) = proof::origin(cx.os, cx.scope.install, pid);
+        if let Some(e) = evidence {
+            i.evidence.push(e);
+        }
+        if let (Origin::Other(env), true) = (&origin, proof::proven(i)) {
+            inv.warnings.push(format!(
+                "pid {pid} ({}{}) runs another installation ({}): it holds the store, so it is stopped, but a client that starts it pinned (uvx --from memtomem==V …) starts that same version again; point that client at this installation",
+                i.role.label(),
+                i.source
+                    .as_ref()
+                    .map(|s| format!(", {}", s.display()))
+                    .unwrap_or_default(),
+                env.display()
+            ));
+        }
+        i.installation = origin;
     }
 }
 
@@ -545,6 +585,7 @@ fn attribute(
         problem,
         transient,
         file_id: Some(id),
+        installation: Origin::Unknown,
     };
     let named = payload.signalable_pid();
     if let Some(pid) = named {
@@ -1052,5 +1093,96 @@ mod tests {
             problems.len() == 1 && problems[0].contains("live pid 301"),
             "{problems:?}"
         );
+    }
+
+    /// A pinned plugin server (`uvx --from memtomem[onnx]==V memtomem-server`)
+    /// holding its pid file is stopped — it holds the store — but reported as
+    /// another installation, with a warning; as a secondary (no pid lock) it
+    /// is refused, never stopped as ours.
+    #[test]
+    fn fake_a_uvx_server_is_another_installation_stopped_only_by_its_lock() {
+        let rt = Rt::new();
+        let (_tmp, install, py, exe) = env();
+        let cache = rt.file("cache/uv/archive-v0/Fk3kHc2vZ8dLxq1a");
+        fs::create_dir_all(cache.join("bin")).unwrap();
+        fs::write(cache.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        let uvx_py = cache.join("bin/python").display().to_string();
+        let uvx_script = cache.join("bin/memtomem-server").display().to_string();
+        let (_, srv, _h1) = held(&rt, "server-00000000000000ee.pid", "500\n");
+        let (_, ours, _h2) = held(&rt, "server-00000000000000ff.pid", "501\n");
+        fs::create_dir(rt.rt("presence")).unwrap();
+        let marker = rt.rt("presence/502-1-0123456789abcdef-01234567-89abcdef.lock");
+        fs::write(&marker, "").unwrap();
+        let _h3 = lock_holder(&marker);
+        let os = FakeOs::new();
+        os.add(
+            500,
+            FakeProc::new(1).argv(&[&uvx_py, &uvx_script]).holds(srv, W),
+        );
+        os.add(
+            501,
+            FakeProc::new(1)
+                .argv(&[&py, "-m", "memtomem.server"])
+                .exe(exe)
+                .holds(ours, W),
+        );
+        os.add(
+            502,
+            FakeProc::new(1)
+                .argv(&[&uvx_py, &uvx_script])
+                .holds(id_of(&marker), W),
+        );
+        let sc = scope(&rt, &install, &[]);
+        let inv = discover_in(&os, &sc);
+        let by = |pid: Pid| inv.instances.iter().find(|i| i.pid == Some(pid)).unwrap();
+        assert_eq!(by(500).installation, Origin::Other(cache.clone()));
+        assert!(inv.targets().any(|i| i.pid == Some(500)));
+        assert!(
+            by(500).evidence[1].contains("another installation"),
+            "{:?}",
+            by(500)
+        );
+        assert_eq!(by(501).installation, Origin::This);
+        assert!(
+            inv.warnings.len() == 1 && inv.warnings[0].contains("pid 500"),
+            "{:?}",
+            inv.warnings
+        );
+        assert!(!inv.targets().any(|i| i.pid == Some(502)));
+        assert!(
+            inv.all_problems()
+                .iter()
+                .any(|p| p.contains("live pid 502") && p.contains("another installation")),
+            "{:?}",
+            inv.all_problems()
+        );
+        // In the JSON of a dry run.
+        let json = serde_json::to_value(by(500)).unwrap();
+        assert_eq!(json["installation"]["other"], cache.display().to_string());
+        assert_eq!(
+            serde_json::to_value(by(501)).unwrap()["installation"],
+            "this"
+        );
+    }
+
+    /// `wiki-commit-<digest16>.lock` (upstream #2225), held by a server in
+    /// the middle of a wiki commit: not liveness, not stale, never removed.
+    #[test]
+    fn fake_wiki_commit_locks_are_tolerated_and_never_removed() {
+        let rt = Rt::new();
+        let wiki = rt.rt("wiki-commit-0123456789abcdef.lock");
+        fs::write(&wiki, "").unwrap();
+        let _held = lock_holder(&wiki);
+        let idle = rt.rt("wiki-commit-fedcba9876543210.lock");
+        fs::write(&idle, "").unwrap();
+        let os = FakeOs::new();
+        os.add(600, FakeProc::new(1).holds(id_of(&wiki), W));
+        let install = Installation::default();
+        let sc = scope(&rt, &install, &[]);
+        let inv = discover_stable_with(&os, &sc, &|d| os.sleep(d));
+        assert!(inv.instances.is_empty() && inv.stale.is_empty(), "{inv:?}");
+        assert!(inv.all_problems().is_empty() && inv.warnings.is_empty());
+        assert!(os.log().is_empty(), "nothing to settle");
+        assert!(wiki.exists() && idle.exists());
     }
 }

@@ -128,6 +128,8 @@ mod tests {
                 dev: 1,
                 ino: pid.unwrap_or(0) as u64,
             }),
+
+            installation: Default::default(),
         }
     }
 
