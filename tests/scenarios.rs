@@ -23,10 +23,10 @@
 //! - `MM_SCENARIO_HOSTILE=direct`: run hostile scenarios without a pid namespace.
 //! - `MM_SCENARIO_VERBOSE=1`: print every scenario's report, passed ones too.
 
-#[path = "scenarios/model.rs"]
+#[path = "scenarios/model/mod.rs"]
 mod model;
-#[path = "scenarios/run.rs"]
-mod run;
+#[path = "scenarios/runner/mod.rs"]
+mod runner;
 #[path = "scenarios/sys.rs"]
 mod sys;
 
@@ -54,7 +54,7 @@ fn main() {
 
 fn inner_main(path: PathBuf) -> ! {
     let env = |k: &str| std::env::var(k).ok();
-    let cfg = run::Config {
+    let cfg = runner::Config {
         scenario_path: path.clone(),
         name: env("MM_SCENARIO_NAME").unwrap_or_else(|| path.display().to_string()),
         bin_dir: PathBuf::from(env("MM_SCENARIO_BIN_DIR").expect("MM_SCENARIO_BIN_DIR")),
@@ -72,13 +72,13 @@ fn inner_main(path: PathBuf) -> ! {
             std::process::id()
         ),
     };
-    let (outcome, report) = run::run_one(cfg);
+    let (outcome, report) = runner::run_one(cfg);
     print!("{report}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(match outcome {
-        run::Outcome::Pass => 0,
-        run::Outcome::Fail => 1,
+        runner::Verdict::Pass => 0,
+        runner::Verdict::Fail => 1,
     })
 }
 
@@ -216,22 +216,16 @@ fn outer_main() -> ! {
             .with_extension("")
             .to_string_lossy()
             .into_owned();
-        let parsed: Result<model::Scenario, String> = std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()));
+        let parsed = model::load(&path);
         let (ignored, hostile, diff_expect) = match &parsed {
             Ok(s) => {
                 let diff_skip = other.is_some()
-                    && (s.differential.expect.as_deref() == Some("skip")
+                    && (s.differential.expect == Some(model::DiffExpect::Skip)
                         || (s.hostile && !unshare_ok));
-                let expect = s
-                    .differential
-                    .expect
-                    .clone()
-                    .map(|e| match &s.differential.reason {
-                        Some(r) => format!("{e} ({r})"),
-                        None => e,
-                    });
+                let expect = s.differential.expect.map(|e| match &s.differential.reason {
+                    Some(r) => format!("{} ({r})", e.as_str()),
+                    None => e.as_str().to_string(),
+                });
                 let selected = args.filter.as_ref().is_none_or(|f| {
                     if args.exact {
                         &name == f
@@ -262,16 +256,17 @@ fn outer_main() -> ! {
         trials.push(
             Trial::test(name.clone(), move || {
                 if let Err(e) = parsed {
-                    return Err(Failed::from(format!(
-                        "{}: invalid scenario file: {e}",
-                        p.display()
-                    )));
+                    return Err(Failed::from(format!("invalid scenario file: {e}")));
                 }
                 run_trial(&sh, &p, &n, hostile, diff_expect)
             })
             .with_ignored_flag(ignored),
         );
     }
+    trials.push(Trial::test(
+        "model/wrong-values-fail-at-load",
+        model_rejects_wrong_values,
+    ));
     let started = Instant::now();
     let conclusion = libtest_mimic::run(&args, trials);
 
@@ -345,11 +340,7 @@ fn run_trial(
     // No PR_SET_PDEATHSIG here: libtest-mimic runs trials on short-lived worker threads,
     // and the "parent" of pdeathsig is the spawning thread. The run-id sweep at the end
     // and the timeout below cover a dying harness instead.
-    let scenario_timeout = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| toml::from_str::<model::Scenario>(&t).ok())
-        .map(|s| s.timeout)
-        .unwrap_or(30.0);
+    let scenario_timeout = model::load(path).map_or(30.0, |s| s.timeout);
     let limit = if pause {
         Duration::from_secs(86400)
     } else {
@@ -473,4 +464,76 @@ fn print_table(sh: &Shared, cmd: &str, elapsed: Duration) {
     if let Ok(path) = std::env::var("MM_SCENARIO_TABLE") {
         let _ = std::fs::write(path, t);
     }
+}
+
+/// A wrong value fails the scenario file at load time, naming the key (and toml's line).
+fn model_rejects_wrong_values() -> Result<(), Failed> {
+    let head = "description = \"d\"\n[[server]]\nname = \"main\"\n";
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "[expect.servers.main]\noutcome = \"killed(SIGFOO)\"\n",
+            &["expect.servers.main.outcome", "SIGFOO"],
+        ),
+        (
+            "[expect.servers.main]\noutcome = \"exitted(0)\"\n",
+            &["expect.servers.main.outcome", "not an outcome"],
+        ),
+        (
+            "[expect]\norder = [\"main\"]\n",
+            &["expect.order[0]", "event pattern"],
+        ),
+        (
+            "[expect]\norder = [\"mian:exit\"]\n",
+            &["expect.order[0]", "unknown source \"mian\""],
+        ),
+        (
+            "[expect]\njson = { ok = \"<nonempy>\" }\n",
+            &["expect.json", "<nonempy>"],
+        ),
+        (
+            "[expect]\nallow_alive = [\"main:launcer\"]\n",
+            &["expect.allow_alive[0]"],
+        ),
+        (
+            "[[file]]\npath = \"x\"\nkind = \"symlnk\"\n",
+            &["file[0].kind", "\"symlink\""],
+        ),
+        (
+            "[[file]]\npath = \"x\"\nmode = \"0999\"\n",
+            &["file[0].mode", "octal"],
+        ),
+        (
+            "[[file]]\npath = \"x\"\nkind = \"symlink\"\n",
+            &["file[0].target"],
+        ),
+        ("[uv]\nbehavior = \"wrong-version\"\n", &["uv.version"]),
+        (
+            "[expect.servers.other]\noutcome = \"alive\"\n",
+            &["expect.servers.other", "no server"],
+        ),
+        (
+            "[differential]\nexpect = \"passes\"\n",
+            &["differential.expect", "\"pass\""],
+        ),
+    ];
+    for (tail, want) in cases {
+        let text = format!("{head}{tail}");
+        match model::parse(&text) {
+            Ok(_) => return Err(format!("accepted:\n{text}").into()),
+            Err(e) => {
+                for w in *want {
+                    if !e.contains(w) {
+                        return Err(
+                            format!("error for\n{text}\ndoes not mention {w:?}: {e}").into()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let good = format!(
+        "{head}group = \"own\"\n[[server]]\nname = \"b\"\ngroup = \"shared-with:main\"\n[expect]\norder = [\"main:signal:SIGTERM\", \"mm:exited:{{pid:main}}\"]\njson = {{ killed = [\"...\", \"{{pid:main}}\"], error = \"<absent>\" }}\n[expect.servers.main]\noutcome = \"killed(SIGKILL)\"\n"
+    );
+    model::parse(&good).map_err(|e| format!("rejected a good scenario: {e}\n{good}"))?;
+    Ok(())
 }

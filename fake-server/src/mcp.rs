@@ -11,7 +11,7 @@
 
 use serde_json::{json, Value};
 
-use crate::modes::Modes;
+use crate::faults::OnMcp;
 use crate::util::Events;
 
 /// Protocol revisions the real server's SDK (mcp 2.3.0) negotiates through `initialize`,
@@ -60,9 +60,9 @@ pub fn read_stdin() -> Input {
 /// `slow-start=MS`: Python's import time, before the real server's first statement.
 /// Signals keep their default action (SIGTERM kills at once, leaving nothing behind) and
 /// stdin waits in its pipe. Returns the start stamp, taken afterwards.
-pub fn slow_start(ms: u64, ev: &Events) -> String {
-    ev.emit("slow-start", json!({"ms": ms}));
-    std::thread::sleep(std::time::Duration::from_millis(ms));
+pub fn slow_start(d: std::time::Duration, ev: &Events) -> String {
+    ev.emit("slow-start", json!({"ms": d.as_millis() as u64}));
+    std::thread::sleep(d);
     crate::util::iso_now()
 }
 
@@ -71,7 +71,7 @@ impl crate::Server {
     pub(crate) fn on_stdin(&mut self) {
         match read_stdin() {
             // SIGINT cancelled the event loop: input is read, never answered.
-            Input::Nothing | Input::Bytes(_) if self.sigint_seen => {}
+            Input::Nothing | Input::Bytes(_) if self.io.sigint_seen => {}
             Input::Nothing => {}
             Input::Bytes(b) => {
                 if self.mcp.feed(&b, &self.ev) == Outcome::Crash {
@@ -103,7 +103,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(version: &str, m: &Modes) -> Session {
+    pub fn new(version: &str, m: OnMcp) -> Session {
         Session {
             version: version.to_string(),
             hang_initialize: m.hang_initialize,

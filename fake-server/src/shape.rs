@@ -74,10 +74,13 @@ impl Shape {
     }
 }
 
-/// Parses the command line. Under `--argv-shape` the first pass re-executes the process
-/// with the shaped argv (never returning); the second pass finds its arguments in
-/// `FAKE_SERVER_SHAPED_ARGS`, sets `comm`, and returns them with the shape applied.
-pub fn parse<C: Parser>(shape_of: impl Fn(&C) -> Option<(Shape, Option<PathBuf>)>) -> C {
+/// Parses the command line, and returns it with the arguments it was parsed from.
+/// Under `--argv-shape` the first pass re-executes the process with the shaped argv
+/// (never returning); the second pass finds its arguments in `FAKE_SERVER_SHAPED_ARGS`
+/// and sets `comm`.
+pub fn parse<C: Parser>(
+    shape_of: impl Fn(&C) -> Option<(Shape, Option<PathBuf>)>,
+) -> (C, Vec<String>) {
     if let Some(json) = std::env::var_os(ARGS_ENV) {
         // Single-threaded: nothing else reads the environment yet.
         std::env::remove_var(ARGS_ENV);
@@ -85,20 +88,20 @@ pub fn parse<C: Parser>(shape_of: impl Fn(&C) -> Option<(Shape, Option<PathBuf>)
             Ok(a) => a,
             Err(e) => crate::die_early(&format!("{ARGS_ENV}: {e}")),
         };
-        let cli = C::parse_from(args);
+        let cli = C::parse_from(&args);
         if let Some((shape, py)) = shape_of(&cli) {
             let py = py.unwrap_or_else(|| shape.default_python());
             set_comm(&shape.argv(&py).1);
         }
-        return cli;
+        return (cli, args);
     }
-    let cli = C::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let cli = C::parse_from(&args);
     let Some((shape, py)) = shape_of(&cli) else {
-        return cli;
+        return (cli, args);
     };
     let py = py.unwrap_or_else(|| shape.default_python());
     let (argv, _) = shape.argv(&py);
-    let args: Vec<String> = std::env::args().collect();
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => crate::die_early(&format!("--argv-shape: cannot find my executable: {e}")),

@@ -76,7 +76,14 @@ fn a_session_reports_the_server_version_pings_and_stdin_eof_stops_host_and_serve
     let sb = Sandbox::new();
     let cmd = server_cmd(&sb, "server.events", &["--server-version", "0.6.11"]);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let mut h = host(&sb, "h", &["--ping-ms", "10"], &cmd);
+    // A generous stop grace: on a loaded machine the server's clean exit may take a while,
+    // and this test wants to see it (not the SIGKILL after the grace).
+    let mut h = host(
+        &sb,
+        "h",
+        &["--ping-ms", "10", "--stop-grace-ms", "5000"],
+        &cmd,
+    );
     let ready = h.ready();
     assert_eq!(ready["version"], "0.6.11");
     assert_eq!(ready["session"], 1);

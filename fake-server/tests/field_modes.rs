@@ -13,15 +13,6 @@ fn pid_of(v: &Value) -> i32 {
     v["pid"].as_i64().unwrap() as i32
 }
 
-fn cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
 fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap()
@@ -30,15 +21,11 @@ fn comm(pid: i32) -> String {
 }
 
 fn ppid(pid: i32) -> i32 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &s[s.rfind(')').unwrap() + 2..];
-    after.split_whitespace().nth(1).unwrap().parse().unwrap()
+    testkit::proc::stat(pid).unwrap().ppid
 }
 
 /// Alive and not a zombie (an orphan's zombie is reaped by whoever adopted it).
-fn running(pid: i32) -> bool {
-    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
-}
+use testkit::proc::{argv as cmdline, running};
 
 #[test]
 fn argv_shapes_look_like_the_field_and_still_serve() {

@@ -356,27 +356,15 @@ impl Server {
     }
 }
 
+/// Exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let state = s
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .chars()
-                .next();
-            !matches!(state, Some('Z') | Some('X'))
-        }
-        Err(_) => false,
-    }
+    testkit::proc::running(pid)
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        // SAFETY: the group was created for this server by process_group(0).
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        // The group was created for this server by process_group(0).
+        testkit::kill_group(self.child.id() as i32, libc::SIGKILL);
         for pid in self.info["pids"]
             .as_array()
             .into_iter()
@@ -459,20 +447,16 @@ impl FlockHolder {
 
 impl Drop for FlockHolder {
     fn drop(&mut self) {
-        // SAFETY: the group was created for flock by process_group(0); its
-        // leader is not reaped yet, so the group id is still ours.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        // The group was created for flock by process_group(0); its leader is not
+        // reaped yet, so the group id is still ours.
+        testkit::kill_group(self.child.id() as i32, libc::SIGKILL);
         let _ = self.child.wait();
     }
 }
 
 /// Poll until `cond` holds (a readiness handshake, with a deadline).
 pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    testkit::wait_for(what, Duration::from_secs(30), cond);
 }
 
 pub fn json_of(out: &[u8]) -> serde_json::Value {

@@ -1,23 +1,17 @@
-//! Process plumbing for the scenario runner: a reaper that owns every child status, the
-//! process table read from /proc, flocks, signal names, and a recorder for signals aimed
-//! at the runner itself.
+//! Process plumbing only the scenario runner needs: a reaper that owns every child
+//! status, the subreaper's last sweep, the run-id sweep, and a recorder for signals aimed
+//! at the runner itself. What every suite needs (/proc, groups, flocks, signal names,
+//! the monotonic clock) is in `testkit`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use testkit::mono_ns;
+pub use testkit::proc::{cmdline, descendants, running as is_alive};
+pub use testkit::signal::{describe_status, name as signal_name};
 
 /// `MM_SCENARIO_TIME_SCALE` (default 1): multiplies every deadline the runner uses.
 pub fn time_scale() -> f64 {
@@ -30,43 +24,6 @@ pub fn time_scale() -> f64 {
 
 pub fn scaled(secs: f64) -> Duration {
     Duration::from_secs_f64(secs * time_scale())
-}
-
-pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGCHLD => "SIGCHLD",
-        libc::SIGCONT => "SIGCONT",
-        libc::SIGSTOP => "SIGSTOP",
-        libc::SIGTSTP => "SIGTSTP",
-        _ => return format!("SIG{sig}"),
-    };
-    name.to_string()
-}
-
-/// Describe a wait status the way scenarios spell outcomes: `exited(N)` or `killed(SIGX)`.
-pub fn describe_status(status: i32) -> String {
-    if libc::WIFEXITED(status) {
-        format!("exited({})", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("killed({})", signal_name(libc::WTERMSIG(status)))
-    } else {
-        format!("status({status})")
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -141,75 +98,6 @@ impl Reaper {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct ProcInfo {
-    pub pid: i32,
-    pub ppid: i32,
-    pub pgid: i32,
-    pub state: char,
-}
-
-pub fn proc_info(pid: i32) -> Option<ProcInfo> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rfind(')')?;
-    let fields: Vec<&str> = stat[after + 1..].split_whitespace().collect();
-    Some(ProcInfo {
-        pid,
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        pgid: fields.get(2)?.parse().ok()?,
-    })
-}
-
-/// Alive and not a zombie.
-pub fn is_alive(pid: i32) -> bool {
-    matches!(proc_info(pid), Some(p) if p.state != 'Z' && p.state != 'X')
-}
-
-pub fn cmdline(pid: i32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
-
-pub fn process_table() -> Vec<ProcInfo> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return vec![];
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .filter_map(proc_info)
-        .collect()
-}
-
-/// Every live (non-zombie) descendant of `root`, by ppid links.
-pub fn descendants(root: i32) -> Vec<ProcInfo> {
-    let table = process_table();
-    let mut by_parent: BTreeMap<i32, Vec<&ProcInfo>> = BTreeMap::new();
-    for p in &table {
-        by_parent.entry(p.ppid).or_default().push(p);
-    }
-    let mut out = vec![];
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        if let Some(kids) = by_parent.get(&pid) {
-            for k in kids {
-                stack.push(k.pid);
-                if k.state != 'Z' && k.state != 'X' {
-                    out.push((*k).clone());
-                }
-            }
-        }
-    }
-    out
-}
-
 pub fn set_subreaper() -> bool {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
 }
@@ -226,8 +114,8 @@ pub fn kill_all_descendants(limit: Duration) {
             break;
         }
         for p in &live {
-            if p.pgid > 1 && p.pgid != my_pgid && p.pgid == p.pid {
-                unsafe { libc::kill(-p.pgid, libc::SIGKILL) };
+            if p.pgid != my_pgid && p.pgid == p.pid {
+                testkit::kill_group(p.pgid, libc::SIGKILL);
             }
             unsafe {
                 libc::kill(p.pid, libc::SIGCONT);
@@ -247,7 +135,7 @@ pub fn sweep_run_id(run_id: &str) -> Vec<i32> {
     let needle = format!("MM_SCENARIO_RUN_ID={run_id}");
     let me = std::process::id() as i32;
     let mut killed = vec![];
-    for p in process_table() {
+    for p in testkit::proc::table() {
         if p.pid == me || p.state == 'Z' {
             continue;
         }
@@ -263,21 +151,6 @@ pub fn sweep_run_id(run_id: &str) -> Vec<i32> {
         }
     }
     killed
-}
-
-/// Hold an exclusive BSD flock on `path` (created if needed). The lock lives as long as
-/// the returned file (and any descriptor duplicated from it).
-pub fn flock_file(path: &Path) -> std::io::Result<fs::File> {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)?;
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(f)
 }
 
 // ---- signals aimed at the runner itself -------------------------------------------

@@ -1,10 +1,9 @@
 //! Test harness: every fake runs in its own process group owned by the test, in a temp
 //! runtime dir and temp HOME; the guard SIGKILLs the group (and any escaped daemon) and
 //! reaps on drop, panics included.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -171,14 +170,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // SAFETY: signalling our own group and the pids this test's fake reported.
-        unsafe {
-            libc::kill(-self.pgid, libc::SIGKILL);
-            for p in &self.escaped {
-                // Only our own binary: never a recycled pid that now names something else.
-                if *p > 1 && is_fake_server(*p) {
-                    libc::kill(*p, libc::SIGKILL);
-                }
+        testkit::kill_group(self.pgid, libc::SIGKILL);
+        for p in &self.escaped {
+            // Only our own binary: never a recycled pid that now names something else.
+            if *p > 1 && is_fake_server(*p) {
+                // SAFETY: a pid this test's fake reported, checked to be fake-server.
+                unsafe { libc::kill(*p, libc::SIGKILL) };
             }
         }
         let _ = self.child.kill();
@@ -200,47 +197,12 @@ pub fn read_events(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > within {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// True when someone holds a flock that conflicts with LOCK_EX (the liveness probe).
-pub fn is_locked(path: &Path) -> bool {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    // SAFETY: flock on our own descriptor; released when `f` drops.
-    let r = unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    };
-    r != 0
-}
-
-pub fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks existence.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
+pub use testkit::flock::is_locked;
+/// `kill(pid, 0)` succeeds (a zombie counts).
+pub use testkit::proc::exists as alive;
 /// The state letter from /proc/<pid>/stat (R, S, T, Z, ...).
-pub fn proc_state(pid: i32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &s[s.rfind(')')? + 2..];
-    after.chars().next()
-}
+pub use testkit::proc::state as proc_state;
+pub use testkit::wait_until;
 
 pub fn kill(pid: i32, sig: libc::c_int) {
     // SAFETY: signalling a process this test started.

@@ -1,10 +1,42 @@
 //! The scenario file format (`scenarios/<area>/<name>.toml`). Every table denies unknown
-//! fields, so a typo fails the scenario loudly instead of silently testing nothing.
+//! fields and every short-string value is a type ([`types`], [`json`]), and [`load`]
+//! checks what refers to what (names, sources), so a wrong scenario fails at load time
+//! naming its file and key instead of silently testing nothing.
 //! The reference for authors is `scenarios/README.md`.
 
+pub mod json;
+pub mod types;
+
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Deserialize;
+
+pub use json::JsonWant;
+pub use types::*;
+
+/// Reads and checks one scenario file. Errors read `<file>: <key>: <what is wrong>`.
+pub fn load(path: &Path) -> Result<Scenario, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`load`] without the file: `<key>: <what is wrong>`.
+pub fn parse(text: &str) -> Result<Scenario, String> {
+    let de = toml::Deserializer::new(text);
+    let sc: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        // toml's own message: the line, a caret, and what was wrong.
+        let inner = e.into_inner().to_string();
+        if key == "." {
+            inner
+        } else {
+            format!("{key}: {}", inner.trim_end())
+        }
+    })?;
+    sc.validate()?;
+    Ok(sc)
+}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +87,7 @@ fn default_timeout() -> f64 {
 pub struct Differential {
     /// What another upgrader (`MM_SCENARIO_UPGRADER`) is expected to do here:
     /// "pass", "fail" or "skip". Absent: just report.
-    pub expect: Option<String>,
+    pub expect: Option<DiffExpect>,
     /// Why (shown in the table).
     pub reason: Option<String>,
     /// Arguments for the other upgrader instead of `[upgrade].args`.
@@ -70,10 +102,10 @@ pub struct Differential {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Within {
-    /// Event pattern (`source:event[:detail]`); its first occurrence starts the clock.
-    pub from: String,
-    /// Event pattern; its first occurrence after `from` must come within `ms`.
-    pub to: String,
+    /// Its first occurrence starts the clock.
+    pub from: Pattern,
+    /// Its first occurrence after `from` must come within `ms`.
+    pub to: Pattern,
     /// Milliseconds (scaled by `MM_SCENARIO_TIME_SCALE`).
     pub ms: u64,
 }
@@ -95,22 +127,22 @@ pub struct Server {
     pub web: bool,
     pub port: Option<u16>,
     /// `--legacy pre-0.1.25|alias`.
-    pub legacy: Option<String>,
+    pub legacy: Option<Legacy>,
     /// `--bare`: the bare `server.pid`.
     #[serde(default)]
     pub bare: bool,
     /// "own" (default: its own process group) or "shared-with:<name>" (join the group
     /// of an earlier server or bystander, as an MCP client's children do).
-    #[serde(default = "default_group")]
-    pub group: String,
+    #[serde(default)]
+    pub group: Group,
     /// "pipe" (default; the runner keeps the write end open) or "null" (EOF at once).
-    #[serde(default = "default_stdin")]
-    pub stdin: String,
+    #[serde(default)]
+    pub stdin: Stdin,
     /// "file" (default: wait for the ready file), "exit" (wait until it exits, e.g.
     /// crash-on-start), "event:<event>[:<detail>]" (wait for that line in its event log,
     /// e.g. "event:lock:pid" for the lock-before-payload gap), "none".
-    #[serde(default = "default_ready")]
-    pub ready: String,
+    #[serde(default)]
+    pub ready: Readiness,
     /// Counted among the old-generation processes that must be dead when the new
     /// installation is switched in (mm-upgrade) or installed in place (another
     /// upgrader; the fake uv checks) (default true).
@@ -127,15 +159,6 @@ pub struct Server {
     pub lock: Option<String>,
 }
 
-fn default_group() -> String {
-    "own".into()
-}
-fn default_stdin() -> String {
-    "pipe".into()
-}
-fn default_ready() -> String {
-    "file".into()
-}
 fn default_true() -> bool {
     true
 }
@@ -177,8 +200,8 @@ pub struct Bystander {
     #[serde(default)]
     pub command: Vec<String>,
     /// "own" (default) or "shared-with:<name>".
-    #[serde(default = "default_group")]
-    pub group: String,
+    #[serde(default)]
+    pub group: Group,
     /// Hold an exclusive flock on this file for its whole life (the runner locks it and
     /// hands the descriptor down, so the bystander is the only holder).
     pub lock: Option<String>,
@@ -190,8 +213,8 @@ pub struct FileSpec {
     pub path: String,
     /// "file" (default), "fifo", "symlink", "dir", "sqlite" (a valid empty SQLite
     /// database), "chmod" (only change the mode), "remove".
-    #[serde(default = "default_file_kind")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: FileKind,
     /// Text content (placeholders expanded) for kind "file".
     pub content: Option<String>,
     /// Content given as hex bytes (for non-UTF-8 payloads).
@@ -201,21 +224,14 @@ pub struct FileSpec {
     /// Symlink target.
     pub target: Option<String>,
     /// Octal mode, e.g. "0777".
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// "before-servers", "after-servers" (default), or "upgrader-start": written by the
     /// upgrader's own process just before it execs, so `{upgrader}` is its pid.
-    #[serde(default = "default_when")]
-    pub when: String,
+    #[serde(default)]
+    pub when: When,
     /// The inner runner (an ancestor of the upgrader) holds an exclusive flock on it.
     #[serde(default)]
     pub lock: bool,
-}
-
-fn default_file_kind() -> String {
-    "file".into()
-}
-fn default_when() -> String {
-    "after-servers".into()
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -241,8 +257,8 @@ pub struct Uv {
     /// does not exist), "delete-env-then-fail", "broken-entry" (installs, but every
     /// entry point exits 1), "broken-python" (installs, but `bin/python` exits 1),
     /// "wrong-version" (installs `version` whatever was asked).
-    #[serde(default = "default_behavior")]
-    pub behavior: String,
+    #[serde(default)]
+    pub behavior: UvBehavior,
     pub code: Option<i32>,
     pub stderr: Option<String>,
     pub ms: Option<u64>,
@@ -273,7 +289,7 @@ pub struct Uv {
 impl Default for Uv {
     fn default() -> Self {
         Uv {
-            behavior: default_behavior(),
+            behavior: UvBehavior::Succeed,
             code: None,
             stderr: None,
             ms: None,
@@ -288,9 +304,6 @@ impl Default for Uv {
     }
 }
 
-fn default_behavior() -> String {
-    "succeed".into()
-}
 fn default_installed() -> String {
     "0.6.11".into()
 }
@@ -303,7 +316,7 @@ fn default_latest() -> String {
 pub struct Expect {
     pub exit_code: Option<i32>,
     /// Subset match against the upgrader's JSON document (see README for the rules).
-    pub json: Option<toml::Value>,
+    pub json: Option<JsonWant>,
     #[serde(default)]
     pub stdout_contains: Vec<String>,
     #[serde(default)]
@@ -331,10 +344,10 @@ pub struct Expect {
     /// Event patterns `source:event[:detail]` that must occur in this order in the
     /// merged timeline (servers' event logs, the uv log, the runner's own events).
     #[serde(default)]
-    pub order: Vec<String>,
+    pub order: Vec<Pattern>,
     /// Event patterns that must not occur at all.
     #[serde(default)]
-    pub never: Vec<String>,
+    pub never: Vec<Pattern>,
     /// Number of stage calls (`uv tool install` into `<tool dir>/.mm-upgrade/stage-*`).
     /// Against another upgrader: its install calls (it installs in place).
     pub uv_stages: Option<usize>,
@@ -346,10 +359,10 @@ pub struct Expect {
     /// Per-host (`[[host]]`) session expectations.
     #[serde(default)]
     pub hosts: BTreeMap<String, HostExpect>,
-    /// Processes (by server name) allowed to be alive at the end besides the servers
-    /// expected alive and the bystanders; `"<name>+"` also allows its descendants.
+    /// Processes allowed to be alive at the end besides the servers expected alive and
+    /// the bystanders: `<name>`, `<name>:launcher`, `<name>:descendants`.
     #[serde(default)]
-    pub allow_alive: Vec<String>,
+    pub allow_alive: Vec<AllowAlive>,
     /// Every fake-server process still running at the end registered after the switch
     /// (mm-upgrade's `switched`; another upgrader's last successful install), supervisors
     /// and launchers excepted.
@@ -363,15 +376,15 @@ pub struct Expect {
     pub env_unchanged: bool,
     /// Subset match (JSON rules) against the installed `uv-receipt.toml` afterwards,
     /// e.g. `{ tool = { python = "/usr/bin/python3.12" } }`.
-    pub receipt: Option<toml::Value>,
+    pub receipt: Option<JsonWant>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UvCall {
     /// "dir", "stage" (mm-upgrade's install beside the old one), "install" (in place:
     /// only another upgrader makes these).
-    pub kind: String,
+    pub kind: UvKind,
     #[serde(default)]
     pub args_contain: Vec<String>,
     #[serde(default)]
@@ -385,14 +398,14 @@ pub struct UvCall {
 #[serde(deny_unknown_fields)]
 pub struct ServerExpect {
     /// "exited(N)", "killed(SIGNAME)", "alive", "dead" (any way).
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     /// Signals its event log must show, in this order (a subsequence).
-    pub signals: Option<Vec<String>>,
+    pub signals: Option<Vec<Signal>>,
     /// Signals its event log must not show.
     #[serde(default)]
-    pub not_signals: Vec<String>,
+    pub not_signals: Vec<Signal>,
     /// Every process it created (ready file "pids") is dead / alive afterwards.
-    pub all_processes: Option<String>,
+    pub all_processes: Option<Liveness>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -409,4 +422,123 @@ pub struct HostExpect {
     pub min_sessions: Option<usize>,
     /// The version of the host's last session.
     pub last_version: Option<String>,
+}
+
+impl Expect {
+    /// The outcome `[expect.servers.<name>]` wants, if any.
+    pub fn outcome_of(&self, name: &str) -> Option<&Outcome> {
+        self.servers.get(name).and_then(|s| s.outcome.as_ref())
+    }
+}
+
+impl Scenario {
+    /// What refers to what: every name, group and event source must exist; a few keys
+    /// need others. Errors name the key.
+    fn validate(&self) -> Result<(), String> {
+        let servers: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+        let hosts: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+        let bystanders: Vec<&str> = self.bystanders.iter().map(|b| b.name.as_str()).collect();
+        let mut seen: Vec<&str> = vec![];
+        for n in servers.iter().chain(&bystanders).chain(&hosts) {
+            if seen.contains(n) {
+                return Err(format!(
+                    "name {n:?} is used twice (servers, bystanders and hosts share names)"
+                ));
+            }
+            seen.push(n);
+        }
+        // Groups are joined in start order: bystanders, then servers.
+        let mut started: Vec<&str> = vec![];
+        for (i, b) in self.bystanders.iter().enumerate() {
+            check_group(&b.group, &started, &format!("bystander[{i}].group"))?;
+            started.push(&b.name);
+        }
+        for (i, s) in self.servers.iter().enumerate() {
+            check_group(&s.group, &started, &format!("server[{i}].group"))?;
+            started.push(&s.name);
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            if f.content.is_some() && f.content_hex.is_some() {
+                return Err(format!("file[{i}]: content or content_hex, not both"));
+            }
+            if f.kind == FileKind::Symlink && f.target.is_none() {
+                return Err(format!("file[{i}].target: a symlink needs a target"));
+            }
+        }
+        if self.uv.behavior == UvBehavior::WrongVersion && self.uv.version.is_none() {
+            return Err(
+                "uv.version: behavior = \"wrong-version\" needs version = \"X.Y.Z\"".into(),
+            );
+        }
+        let e = &self.expect;
+        for name in e.servers.keys() {
+            if !servers.contains(&name.as_str()) && !hosts.contains(&name.as_str()) {
+                return Err(format!(
+                    "expect.servers.{name}: no server or host named {name:?}"
+                ));
+            }
+        }
+        for name in e.hosts.keys() {
+            if !hosts.contains(&name.as_str()) {
+                return Err(format!("expect.hosts.{name}: no [[host]] named {name:?}"));
+            }
+        }
+        for (i, a) in e.allow_alive.iter().enumerate() {
+            if !servers.contains(&a.name.as_str()) && !hosts.contains(&a.name.as_str()) {
+                return Err(format!(
+                    "expect.allow_alive[{i}]: no server or host named {:?}",
+                    a.name
+                ));
+            }
+        }
+        let source_ok = |src: &str| {
+            matches!(src, "*" | "mm" | "uv" | "upgrader" | "runner")
+                || seen.contains(&src)
+                || src
+                    .strip_suffix(".host")
+                    .is_some_and(|h| hosts.contains(&h))
+        };
+        let patterns = e
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("expect.order[{i}]"), p))
+            .chain(
+                e.never
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("expect.never[{i}]"), p)),
+            )
+            .chain(
+                self.differential
+                    .within
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, w)| {
+                        [
+                            (format!("differential.within[{i}].from"), &w.from),
+                            (format!("differential.within[{i}].to"), &w.to),
+                        ]
+                    }),
+            );
+        for (key, p) in patterns {
+            if !source_ok(&p.source) {
+                return Err(format!(
+                    "{key}: {:?}: unknown source {:?} (a server, bystander or host name, <host>.host, mm, uv, upgrader, runner or *)",
+                    p.to_string(),
+                    p.source
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_group(g: &Group, started: &[&str], key: &str) -> Result<(), String> {
+    match g {
+        Group::SharedWith(n) if !started.contains(&n.as_str()) => Err(format!(
+            "{key}: shared-with:{n}: no bystander or server named {n:?} starts before it"
+        )),
+        _ => Ok(()),
+    }
 }

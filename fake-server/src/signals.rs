@@ -1,0 +1,95 @@
+//! Signals: the handler only writes the signal number into a self-pipe; everything else
+//! (unlink, logging, _exit) happens in the main loop, which wakes within microseconds.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use serde_json::json;
+
+static SIG_WR: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // SAFETY: write(2) is async-signal-safe; errno is saved and restored around it.
+    unsafe {
+        let e = *libc::__errno_location();
+        let b = sig as u8;
+        libc::write(SIG_WR.load(Ordering::Relaxed), (&b as *const u8).cast(), 1);
+        *libc::__errno_location() = e;
+    }
+}
+
+pub fn make_sig_pipe() -> RawFd {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills our array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        crate::die_early("pipe2 failed");
+    }
+    let old = SIG_WR.swap(fds[1], Ordering::Relaxed);
+    if old >= 0 {
+        // A forked worker drops its parent's pipe (both ends) and starts its own.
+        // SAFETY: closing a descriptor this process owns.
+        unsafe { libc::close(old) };
+    }
+    fds[0]
+}
+
+pub fn set_handler(sig: libc::c_int, handler: libc::sighandler_t) {
+    // SAFETY: installing a handler that only calls write(2), or a default disposition.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+pub fn catch(sig: libc::c_int) {
+    set_handler(sig, on_signal as *const () as libc::sighandler_t);
+}
+
+pub fn sigmask(how: libc::c_int, sigs: &[libc::c_int]) {
+    // SAFETY: plain sigprocmask on a set we build.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in sigs {
+            libc::sigaddset(&mut set, *s);
+        }
+        libc::sigprocmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+pub fn sig_name(sig: i32) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGCHLD => "SIGCHLD".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        n => format!("SIG{n}"),
+    }
+}
+
+pub fn drain(fd: RawFd) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: non-blocking read of our self-pipe.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return out;
+        }
+        out.extend(buf[..n as usize].iter().map(|b| *b as i32));
+    }
+}
+
+pub fn describe_status(st: libc::c_int) -> serde_json::Value {
+    if libc::WIFEXITED(st) {
+        json!({"code": libc::WEXITSTATUS(st)})
+    } else if libc::WIFSIGNALED(st) {
+        json!({"signal": sig_name(libc::WTERMSIG(st))})
+    } else {
+        json!({"raw": st})
+    }
+}
