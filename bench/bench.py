@@ -348,6 +348,11 @@ class Bench:
         uv_dir = os.path.dirname(os.environ["MM_TEST_UV"])
         env = {**self.env, "HOME": home, "UV_TOOL_DIR": tools, "UV_TOOL_BIN_DIR": bin_,
                "_MEMTOMEM_TEST_RUNTIME_DIR": rt, "PATH": uv_dir + os.pathsep + self.env.get("PATH", "")}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        # A user's 0.6.11 has been used: its CLI's bytecode exists (the running
+        # server writes its own as it starts).
+        subprocess.run([os.path.join(bin_, "mm"), "--help"], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=120)
         return tools, bin_, env
 
     def real_argv(self, who, bin_, rt):
@@ -763,6 +768,10 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (logs of the MCP host) for a look")
     a = ap.parse_args()
     a.ours, a.fake, a.fake_uv = (os.path.abspath(x) for x in (a.ours, a.fake, a.fake_uv))
+    # As on a user's machine: this one sets PYTHONDONTWRITEBYTECODE=1, which
+    # would make every start of theirs (CLI and servers) recompile, and every
+    # restart in the MCP-host baseline too.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     load = [loadavg(), None]
     b = Bench(a)
     try:
