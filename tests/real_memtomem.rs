@@ -9,12 +9,21 @@
 //! dir with an open stdin pipe, each in its own process group, and are
 //! SIGKILLed and reaped on drop (panics included).
 //!
-//! They use the REAL runtime dir `/tmp/memtomem-<euid>`, as users' servers
-//! do, so the tests are `#[serial]`; each test first refuses to run if a
-//! foreign live server or marker is there (mm-upgrade would stop it), and
-//! afterwards removes only the entries that appeared during the test and
-//! that nobody holds. The pid-file name is derived from the scratch HOME's
-//! store, so it never collides with a user's server.
+//! Every test but one runs in its own runtime dir (`<scratch>/rt`, 0700):
+//! memtomem's servers get it through memtomem's own test hook
+//! (`_MEMTOMEM_TEST_RUNTIME_DIR`, honoured only with `PYTEST_CURRENT_TEST`
+//! set, as the scenario runner does), mm-upgrade through `--runtime-dir`. So
+//! they never touch `/tmp/memtomem-<euid>`, coexist with anyone's servers,
+//! and run in parallel.
+//!
+//! One test must prove the real default paths, with no override anywhere:
+//! `default_paths_one_server_is_stopped_and_0_6_12_installed_json`. It uses
+//! `/tmp/memtomem-<euid>` as users' servers do, so it is `#[serial]`; if a
+//! foreign live server or marker is there (mm-upgrade would stop it), it says
+//! so and skips, touching nothing (with `MM_TEST_REQUIRE_DEFAULT_PATHS=1` it
+//! fails instead). Afterwards it removes only the entries that appeared
+//! during the test and that nobody holds. The pid-file name is derived from
+//! the scratch HOME's store, so it never collides with a user's server.
 //!
 //! Readiness is the pid file naming our process with its flock held (from
 //! `/proc/locks`), polled with a deadline; no fixed sleeps. Speed is never
@@ -24,7 +33,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -49,10 +58,11 @@ const NEW: &str = "0.6.12";
 // The cached test environment (uv, warm cache, Python 3.12)
 
 /// A memtomem-server launched the way an MCP client launches it: stdin a
-/// pipe we keep open, its own process group.
-fn spawn_server(sc: &Scratch, tag: &str) -> Group {
+/// pipe we keep open, its own process group, in the runtime dir `rt` says.
+fn spawn_server(sc: &Scratch, rt: &Runtime, tag: &str) -> Group {
     let mut c = Command::new(sc.server_bin());
     sc.env(&mut c);
+    rt.hook(&mut c);
     Group::spawn(c, sc.path(&format!("{tag}.stderr")))
 }
 
@@ -148,8 +158,8 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        // SAFETY: the group was created for this launch by process_group(0).
-        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        // The group was created for this launch by process_group(0).
+        testkit::kill_group(self.pgid, libc::SIGKILL);
         self.stdin.take();
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -181,27 +191,9 @@ fn ready_server(rt: &Path, is_ours: impl Fn(i32) -> bool) -> Option<(i32, PathBu
     None
 }
 
-/// Pids holding a flock on `path` (by inode, from /proc/locks).
-fn flock_holders(path: &Path) -> Vec<i32> {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return vec![];
-    };
-    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
-    locks
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // "1: FLOCK  ADVISORY  WRITE 123 00:1f:4567 0 EOF" ("->" lines are waiters)
-            let i = f.iter().position(|w| *w == "FLOCK")?;
-            if f.get(1) == Some(&"->") {
-                return None;
-            }
-            let pid: i32 = f.get(i + 3)?.parse().ok()?;
-            let ino: u64 = f.get(i + 4)?.rsplit(':').next()?.parse().ok()?;
-            (ino == meta.ino()).then_some(pid)
-        })
-        .collect()
-}
+use testkit::flock::holders as flock_holders;
+use testkit::proc::{running as alive, state as proc_state};
+use testkit::wait_until;
 
 fn list(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
@@ -215,29 +207,13 @@ fn list(dir: &Path) -> Vec<String> {
     v
 }
 
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &s[s.rfind(')')? + 2..];
-    // fields from 3 (state) on
-    Some(after.split_whitespace().map(str::to_string).collect())
-}
-
-fn proc_state(pid: i32) -> Option<char> {
-    stat_fields(pid)?.first()?.chars().next()
-}
-
 fn pgrp(pid: i32) -> Option<i32> {
-    stat_fields(pid)?.get(2)?.parse().ok()
-}
-
-/// Alive: exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    !matches!(proc_state(pid), None | Some('Z') | Some('X'))
+    testkit::proc::stat(pid).map(|s| s.pgid)
 }
 
 /// Wall-clock start of `pid` in seconds (CLOCK_BOOTTIME-based, tick precision).
 fn start_wall(pid: i32) -> Option<f64> {
-    let ticks: f64 = stat_fields(pid)?.get(19)?.parse().ok()?;
+    let ticks = testkit::proc::stat(pid)?.start as f64;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut ts = libc::timespec {
@@ -287,22 +263,70 @@ fn signal(pid: i32, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
 }
 
-fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
+// ---------------------------------------------------------------------------
+// Where a test's servers meet mm-upgrade
+
+/// A test's runtime dir: its own (memtomem's test hook and `--runtime-dir`),
+/// or the real default one, shared with users' servers.
+struct Runtime {
+    dir: PathBuf,
+    /// The test, for `PYTEST_CURRENT_TEST`; None: the real default paths.
+    isolated: Option<String>,
+    _real: Option<RealRuntime>,
+}
+
+impl Runtime {
+    /// `<scratch>/rt`, 0700 (memtomem refuses anything looser).
+    fn isolated(sc: &Scratch, test: &str) -> Runtime {
+        let dir = sc.path("rt");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        Runtime {
+            dir,
+            isolated: Some(format!("tests/real_memtomem.rs::{test} (call)")),
+            _real: None,
         }
-        if start.elapsed() > within {
-            return false;
+    }
+
+    /// `/tmp/memtomem-<euid>`, if nobody else's server is there (see
+    /// [`RealRuntime::claim`]); None when the test must skip.
+    fn real(test: &str) -> Option<Runtime> {
+        let real = RealRuntime::claim(test)?;
+        Some(Runtime {
+            dir: real.dir.clone(),
+            isolated: None,
+            _real: Some(real),
+        })
+    }
+
+    /// memtomem's own test hook, for a memtomem process (a no-op on the real
+    /// default paths).
+    fn hook(&self, c: &mut Command) {
+        if let Some(test) = &self.isolated {
+            c.env("_MEMTOMEM_TEST_RUNTIME_DIR", &self.dir)
+                .env("PYTEST_CURRENT_TEST", test);
         }
-        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    /// `mm-upgrade ARGS` with `--runtime-dir` (and the hook, for whatever
+    /// memtomem it runs), or on the real default paths.
+    fn upgrade(&self, sc: &Scratch, args: &[&str]) -> scratch::Run {
+        self.upgrade_with_uv(sc, args, &testenv::uv())
+    }
+
+    fn upgrade_with_uv(&self, sc: &Scratch, args: &[&str], uv: &Path) -> scratch::Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mm-upgrade"));
+        sc.env(&mut c);
+        self.hook(&mut c);
+        c.env("MM_UPGRADE_UV", uv).args(args);
+        if self.isolated.is_some() {
+            c.arg("--runtime-dir").arg(&self.dir);
+        }
+        scratch::Run::of(c, args)
     }
 }
 
-// ---------------------------------------------------------------------------
-// The real runtime dir, shared with users' servers
-
+/// The real runtime dir, claimed for one test.
 struct RealRuntime {
     dir: PathBuf,
     existed: bool,
@@ -310,33 +334,45 @@ struct RealRuntime {
 }
 
 impl RealRuntime {
-    /// Claims /tmp/memtomem-<euid> for one test: fails if a foreign live
-    /// server, web UI or presence marker is there (mm-upgrade would stop it).
-    fn claim() -> RealRuntime {
+    /// Claims /tmp/memtomem-<euid> for one test. If a foreign live server,
+    /// web UI or presence marker is there, mm-upgrade would stop it: the test
+    /// says so and skips (None), touching nothing; with
+    /// `MM_TEST_REQUIRE_DEFAULT_PATHS=1` it fails instead.
+    fn claim(test: &str) -> Option<RealRuntime> {
         // SAFETY: geteuid has no preconditions.
         let dir = PathBuf::from(format!("/tmp/memtomem-{}", unsafe { libc::geteuid() }));
         let existed = dir.symlink_metadata().is_ok();
         let before = Self::entries(&dir);
-        for rel in &before {
-            let p = dir.join(rel);
-            let live = rel.ends_with(".pid") || rel.starts_with("presence/");
-            if live {
-                let holders = flock_holders(&p);
-                assert!(
-                    holders.is_empty(),
-                    "{} is held by pid(s) {holders:?}: a live memtomem process outside this test. \
-                     The real-memtomem tests share {} with users' servers and mm-upgrade would stop it; \
-                     stop it (or run the tests where no memtomem server runs) and retry.",
-                    p.display(),
-                    dir.display()
-                );
+        let foreign: Vec<String> = before
+            .iter()
+            .filter(|rel| rel.ends_with(".pid") || rel.starts_with("presence/"))
+            .filter_map(|rel| {
+                let holders = flock_holders(&dir.join(rel));
+                (!holders.is_empty()).then(|| format!("{rel} (held by pid {holders:?})"))
+            })
+            .collect();
+        if !foreign.is_empty() {
+            let msg = format!(
+                "{test}: someone else's memtomem server is using {}: {}. This test proves \
+                 mm-upgrade's real default paths and would stop it, so it does not run here. \
+                 Stop that server, or run where none runs (the other real-memtomem tests use \
+                 their own runtime dirs and are not affected).",
+                dir.display(),
+                foreign.join(", ")
+            );
+            if std::env::var("MM_TEST_REQUIRE_DEFAULT_PATHS").is_ok_and(|v| v == "1") {
+                panic!("{msg}");
             }
+            // Straight to fd 2: libtest captures `eprintln!` of a passing test, and
+            // this must be seen.
+            let _ = std::io::stderr().write_all(format!("SKIPPED {msg}\n").as_bytes());
+            return None;
         }
-        RealRuntime {
+        Some(RealRuntime {
             dir,
             existed,
             before,
-        }
+        })
     }
 
     fn entries(dir: &Path) -> BTreeSet<String> {
@@ -381,12 +417,13 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn start(sc: &Scratch) -> Supervisor {
+    fn start(sc: &Scratch, rt: &Runtime) -> Supervisor {
         let stop = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
         let pgids = Arc::new(Mutex::new(Vec::new()));
         let mut proto = Command::new(sc.server_bin());
         sc.env(&mut proto);
+        rt.hook(&mut proto);
         let bin = sc.server_bin();
         let envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)> = proto
             .get_envs()
@@ -462,8 +499,8 @@ impl Drop for Supervisor {
             let _ = t.join();
         }
         for pg in self.pgids.lock().unwrap().iter() {
-            // SAFETY: groups this supervisor created.
-            unsafe { libc::kill(-pg, libc::SIGKILL) };
+            // Groups this supervisor created.
+            testkit::kill_group(*pg, libc::SIGKILL);
         }
     }
 }
@@ -498,15 +535,22 @@ fn assert_still_old(sc: &Scratch) {
 }
 
 /// (a) one server → stopped, pid file removed, 0.6.12 installed, exit 0, JSON names the pid.
+/// On the real default paths, no override anywhere: the one test that proves
+/// mm-upgrade finds a user's server where users' servers are (`/tmp/memtomem-<euid>`
+/// for a store under HOME); serial, and skipped, saying so, while someone else's
+/// server is there.
 #[test]
 #[serial(real_memtomem)]
-fn one_server_is_stopped_and_0_6_12_installed_json() {
-    let rt = RealRuntime::claim();
+fn default_paths_one_server_is_stopped_and_0_6_12_installed_json() {
+    let Some(rt) = Runtime::real("default_paths_one_server_is_stopped_and_0_6_12_installed_json")
+    else {
+        return;
+    };
     let sc = Scratch::with(OLD);
-    let mut server = spawn_server(&sc, "server");
+    let mut server = spawn_server(&sc, &rt, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
 
-    let run = sc.upgrade(&["-y", "--json", "--version", NEW]);
+    let run = rt.upgrade(&sc, &["-y", "--json", "--version", NEW]);
     let doc = run.expect(0).json();
     assert_eq!(doc["ok"], true, "{run}");
     assert_eq!(doc["killed"], serde_json::json!([pid]), "{run}");
@@ -530,14 +574,13 @@ fn one_server_is_stopped_and_0_6_12_installed_json() {
 
 /// (a) the human report prints the pid and the pid file.
 #[test]
-#[serial(real_memtomem)]
 fn one_server_is_stopped_and_0_6_12_installed_human() {
-    let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = spawn_server(&sc, "server");
+    let rt = Runtime::isolated(&sc, "one_server_is_stopped_and_0_6_12_installed_human");
+    let mut server = spawn_server(&sc, &rt, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
 
-    let run = sc.upgrade(&["-y", "--version", NEW]);
+    let run = rt.upgrade(&sc, &["-y", "--version", NEW]);
     run.expect(0);
     let text = format!("{}{}", run.stdout, run.stderr);
     assert!(
@@ -559,14 +602,13 @@ fn one_server_is_stopped_and_0_6_12_installed_human() {
 /// runs the new code (started after the install, no deleted mapping of the
 /// installation), and the run reports success.
 #[test]
-#[serial(real_memtomem)]
 fn respawned_servers_end_up_running_the_new_code() {
-    let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut sup = Supervisor::start(&sc);
+    let rt = Runtime::isolated(&sc, "respawned_servers_end_up_running_the_new_code");
+    let mut sup = Supervisor::start(&sc, &rt);
     let (first, _) = sup.wait_ready(&rt.dir);
 
-    let run = sc.upgrade(&["-y", "--json", "--version", NEW]);
+    let run = rt.upgrade(&sc, &["-y", "--json", "--version", NEW]);
     let doc = run.json();
     assert_eq!((run.code, &doc["ok"]), (0, &Value::Bool(true)), "{run}");
     assert!(
@@ -601,22 +643,21 @@ fn respawned_servers_end_up_running_the_new_code() {
 
 /// (c) --dry-run changes nothing.
 #[test]
-#[serial(real_memtomem)]
 fn dry_run_changes_nothing() {
-    let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = spawn_server(&sc, "server");
+    let rt = Runtime::isolated(&sc, "dry_run_changes_nothing");
+    let mut server = spawn_server(&sc, &rt, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
     let bytes = fs::read(&pid_file).unwrap();
     let receipt = sc.receipt();
 
-    let run = sc.upgrade(&["--dry-run", "--json", "--version", NEW]);
+    let run = rt.upgrade(&sc, &["--dry-run", "--json", "--version", NEW]);
     let doc = run.expect(0).json();
     assert_eq!(doc["dry_run"], true, "{run}");
     assert_eq!(doc["would_kill"], serde_json::json!([pid]), "{run}");
     assert_eq!(doc["would_remove"], serde_json::json!([pid_file]), "{run}");
     // Human dry run too.
-    sc.upgrade(&["--dry-run", "--version", NEW]).expect(0);
+    rt.upgrade(&sc, &["--dry-run", "--version", NEW]).expect(0);
 
     assert!(alive(pid), "the dry run stopped {pid}");
     assert!(server.wait_exit(Duration::ZERO).is_none());
@@ -628,15 +669,14 @@ fn dry_run_changes_nothing() {
 
 /// (d) an impossible version fails before the running server is stopped.
 #[test]
-#[serial(real_memtomem)]
 fn impossible_version_fails_before_stopping_anything() {
-    let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = spawn_server(&sc, "server");
+    let rt = Runtime::isolated(&sc, "impossible_version_fails_before_stopping_anything");
+    let mut server = spawn_server(&sc, &rt, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
     let bytes = fs::read(&pid_file).unwrap();
 
-    let run = sc.upgrade(&["-y", "--json", "--version", "99.99.99"]);
+    let run = rt.upgrade(&sc, &["-y", "--json", "--version", "99.99.99"]);
     let doc = run.expect(5).json();
     assert_eq!(doc["ok"], false, "{run}");
     assert!(
@@ -653,16 +693,15 @@ fn impossible_version_fails_before_stopping_anything() {
 /// (e) a server frozen with SIGSTOP gets SIGCONT after SIGTERM and exits
 /// within the grace period, no SIGKILL.
 #[test]
-#[serial(real_memtomem)]
 fn stopped_server_is_continued_and_exits_on_sigterm() {
-    let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = spawn_server(&sc, "server");
+    let rt = Runtime::isolated(&sc, "stopped_server_is_continued_and_exits_on_sigterm");
+    let mut server = spawn_server(&sc, &rt, "server");
     let (pid, pid_file) = server.wait_ready(&rt.dir);
     signal(pid, libc::SIGSTOP);
     assert!(wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')));
 
-    let run = sc.upgrade(&["-y", "--json", "--grace", "10", "--version", NEW]);
+    let run = rt.upgrade(&sc, &["-y", "--json", "--grace", "10", "--version", NEW]);
     let doc = run.expect(0).json();
     let stop = &doc["stops"][0];
     assert_eq!(stop["pid"], pid, "{run}");
@@ -687,21 +726,21 @@ fn stopped_server_is_continued_and_exits_on_sigterm() {
 /// (f) a server whose parent never reaps it: its exit is seen at once, the
 /// grace period (30 s) is not waited out.
 #[test]
-#[serial(real_memtomem)]
 fn server_with_a_non_reaping_parent_is_not_waited_on() {
-    let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
+    let rt = Runtime::isolated(&sc, "server_with_a_non_reaping_parent_is_not_waited_on");
     // The shell backgrounds the server with our stdin pipe, then becomes a
     // `sleep` that never waits: the server's exit leaves a zombie.
     let mut c = Command::new("sh");
     c.args(["-c", r#"exec 3<&0; "$0" <&3 3<&- & exec sleep 1000"#])
         .arg(sc.server_bin());
     sc.env(&mut c);
+    rt.hook(&mut c);
     let mut group = Group::spawn(c, sc.path("server.stderr"));
     let (pid, pid_file) = group.wait_ready(&rt.dir);
     assert_ne!(pid, group.leader());
 
-    let run = sc.upgrade(&["-y", "--json", "--grace", "30", "--version", NEW]);
+    let run = rt.upgrade(&sc, &["-y", "--json", "--grace", "30", "--version", NEW]);
     let doc = run.expect(0).json();
     let stop = &doc["stops"][0];
     assert_eq!(stop["pid"], pid, "{run}");
@@ -720,18 +759,20 @@ fn server_with_a_non_reaping_parent_is_not_waited_on() {
 /// (g) issue 6: `status` calls a server that survived a plain
 /// `uv tool install --reinstall` stale (exit 6) and a fresh one current.
 #[test]
-#[serial(real_memtomem)]
 fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
-    let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut old = spawn_server(&sc, "old");
+    let rt = Runtime::isolated(
+        &sc,
+        "status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one",
+    );
+    let mut old = spawn_server(&sc, &rt, "old");
     let (pid, _) = old.wait_ready(&rt.dir);
 
     // What users do without mm-upgrade: uv directly, servers left running.
     sc.install(NEW, &["--reinstall"]);
     assert_upgraded(&sc);
 
-    let run = sc.upgrade(&["status", "--json"]);
+    let run = rt.upgrade(&sc, &["status", "--json"]);
     let doc = run.expect(6).json();
     let procs = doc["processes"].as_array().unwrap();
     let me = procs
@@ -740,13 +781,13 @@ fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
         .unwrap_or_else(|| panic!("{pid} not listed: {run}"));
     assert_eq!(me["generation"], "stale", "{run}");
     assert!(!me["evidence"].as_array().unwrap().is_empty(), "{run}");
-    sc.upgrade(&["status"]).expect(6);
+    rt.upgrade(&sc, &["status"]).expect(6);
 
     signal(pid, libc::SIGTERM);
     assert!(old.wait_exit(Duration::from_secs(10)).is_some());
-    let mut fresh = spawn_server(&sc, "fresh");
+    let mut fresh = spawn_server(&sc, &rt, "fresh");
     let (pid2, _) = fresh.wait_ready(&rt.dir);
-    let run = sc.upgrade(&["status", "--json"]);
+    let run = rt.upgrade(&sc, &["status", "--json"]);
     let doc = run.expect(0).json();
     let procs = doc["processes"].as_array().unwrap();
     let me = procs
@@ -762,11 +803,13 @@ fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
 /// is the staged copy, so the running server keeps serving and 0.6.11 is
 /// untouched; nothing is left in uv's tool dir.
 #[test]
-#[serial(real_memtomem)]
 fn failed_install_leaves_the_server_running_and_0_6_11_untouched() {
-    let rt = RealRuntime::claim();
     let sc = Scratch::with(OLD);
-    let mut server = spawn_server(&sc, "server");
+    let rt = Runtime::isolated(
+        &sc,
+        "failed_install_leaves_the_server_running_and_0_6_11_untouched",
+    );
+    let mut server = spawn_server(&sc, &rt, "server");
     let (pid, _) = server.wait_ready(&rt.dir);
     let receipt = sc.receipt();
 
@@ -791,7 +834,7 @@ exec "{uv}" "$@"
     drop(f);
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
 
-    let run = sc.upgrade_with_uv(&["-y", "--json", "--version", NEW], &wrapper);
+    let run = rt.upgrade_with_uv(&sc, &["-y", "--json", "--version", NEW], &wrapper);
     let doc = run.expect(5).json();
     assert_eq!(doc["ok"], false, "{run}");
     assert!(
