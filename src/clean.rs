@@ -183,6 +183,7 @@ mod tests {
     use crate::discover::Role;
     use crate::sys::fake::{Call, FakeOs};
     use crate::testutil::{wait_for, Proc};
+    use rusty_fork::rusty_fork_test;
     use std::process::Command;
 
     fn inst(pid: i32, source: &Path) -> Instance {
@@ -215,6 +216,16 @@ mod tests {
         }
     }
 
+    /// Nobody holds `file` locked.
+    fn free(file: &Path) -> bool {
+        let f = fs::File::open(file).unwrap();
+        let free = pidfile::try_flock(&f, libc::LOCK_EX).unwrap();
+        if free {
+            pidfile::unlock(&f);
+        }
+        free
+    }
+
     /// Another program holding `file` locked (`-x` or `-s`).
     fn holder(file: &Path, mode: &str) -> Proc {
         let p = Proc::spawn(
@@ -223,17 +234,7 @@ mod tests {
                 .arg(file)
                 .args(["sleep", "30"]),
         );
-        wait_for(
-            || {
-                let f = fs::File::open(file).unwrap();
-                let free = pidfile::try_flock(&f, libc::LOCK_EX).unwrap();
-                if free {
-                    pidfile::unlock(&f);
-                }
-                !free
-            },
-            "the lock",
-        );
+        wait_for(|| !free(file), "the lock");
         p
     }
 
@@ -243,97 +244,104 @@ mod tests {
         tmp
     }
 
-    #[test]
-    fn fake_a_stopped_servers_files_go_and_a_respawned_or_running_servers_stay() {
-        let tmp = rt();
-        let p = |n: &str| tmp.path().join(n);
-        for f in [
-            "server-000000000000000a.pid",
-            "server-000000000000000b.pid",
-            "server-000000000000000c.pid",
-            "presence/10-1-0123456789abcdef-01234567-89abcdef.lock",
-        ] {
-            fs::write(p(f), "").unwrap();
+    // Own process (rusty-fork) for what takes real flocks: a child that a
+    // sibling test spawns in this process shares a lock's open file description
+    // until its exec, so the lock could outlive its release (issue 11).
+    rusty_fork_test! {
+        #[test]
+        fn fake_a_stopped_servers_files_go_and_a_respawned_or_running_servers_stay() {
+            let tmp = rt();
+            let p = |n: &str| tmp.path().join(n);
+            for f in [
+                "server-000000000000000a.pid",
+                "server-000000000000000b.pid",
+                "server-000000000000000c.pid",
+                "presence/10-1-0123456789abcdef-01234567-89abcdef.lock",
+            ] {
+                fs::write(p(f), "").unwrap();
+            }
+            // 11's client respawned a server that holds the file again.
+            let _respawned = holder(&p("server-000000000000000b.pid"), "-x");
+            let targets = [
+                inst(10, &p("server-000000000000000a.pid")),
+                inst(11, &p("server-000000000000000b.pid")),
+                inst(12, &p("server-000000000000000c.pid")),
+            ];
+            let records = [rec(10, true), rec(11, true), rec(12, false)];
+            let (mut removed, mut warnings) = (Vec::new(), Vec::new());
+            let mut ui = Ui::new(false, None).unwrap();
+            let os = FakeOs::new();
+            after_stop_in(
+                &os,
+                &targets,
+                &records,
+                &mut removed,
+                &mut warnings,
+                &mut ui,
+            );
+            assert_eq!(
+                removed,
+                vec![
+                    p("server-000000000000000a.pid"),
+                    p("presence/10-1-0123456789abcdef-01234567-89abcdef.lock")
+                ]
+            );
+            assert!(p("server-000000000000000b.pid").exists());
+            assert!(p("server-000000000000000c.pid").exists(), "12 did not stop");
+            assert!(
+                warnings.len() == 1 && warnings[0].contains("freshly started writer"),
+                "{warnings:?}"
+            );
+            assert!(os.log().is_empty(), "no lifecycle lock: no wait");
         }
-        // 11's client respawned a server that holds the file again.
-        let _respawned = holder(&p("server-000000000000000b.pid"), "-x");
-        let targets = [
-            inst(10, &p("server-000000000000000a.pid")),
-            inst(11, &p("server-000000000000000b.pid")),
-            inst(12, &p("server-000000000000000c.pid")),
-        ];
-        let records = [rec(10, true), rec(11, true), rec(12, false)];
-        let (mut removed, mut warnings) = (Vec::new(), Vec::new());
-        let mut ui = Ui::new(false, None).unwrap();
-        let os = FakeOs::new();
-        after_stop_in(
-            &os,
-            &targets,
-            &records,
-            &mut removed,
-            &mut warnings,
-            &mut ui,
-        );
-        assert_eq!(
-            removed,
-            vec![
-                p("server-000000000000000a.pid"),
-                p("presence/10-1-0123456789abcdef-01234567-89abcdef.lock")
-            ]
-        );
-        assert!(p("server-000000000000000b.pid").exists());
-        assert!(p("server-000000000000000c.pid").exists(), "12 did not stop");
-        assert!(
-            warnings.len() == 1 && warnings[0].contains("freshly started writer"),
-            "{warnings:?}"
-        );
-        assert!(os.log().is_empty(), "no lifecycle lock: no wait");
-    }
 
-    #[test]
-    fn fake_an_exclusive_lifecycle_barrier_is_waited_out_for_two_seconds_then_respected() {
-        let tmp = rt();
-        let pid_file = tmp.path().join("server-000000000000000a.pid");
-        fs::write(&pid_file, "").unwrap();
-        let barrier = tmp.path().join("lifecycle.lock");
-        fs::write(&barrier, "").unwrap();
-        // `mm uninstall` or `mm reset` at work.
-        let _uninstall = holder(&barrier, "-x");
-        let (mut removed, mut warnings) = (Vec::new(), Vec::new());
-        let mut ui = Ui::new(false, None).unwrap();
-        let os = FakeOs::new();
-        after_stop_in(
-            &os,
-            &[inst(10, &pid_file)],
-            &[rec(10, true)],
-            &mut removed,
-            &mut warnings,
-            &mut ui,
-        );
-        assert!(pid_file.exists() && removed.is_empty());
-        assert!(warnings[0].contains("held exclusively"), "{warnings:?}");
-        let slept: Duration = os
-            .log()
-            .iter()
-            .map(|c| match c {
-                Call::Sleep(d) => *d,
-                Call::Signal { .. } => panic!("clean never signals"),
-            })
-            .sum();
-        assert_eq!(slept, Duration::from_secs(2));
-        // A shared holder (a server starting) does not block the cleanup.
-        drop(_uninstall);
-        let _server = holder(&barrier, "-s");
-        let (mut removed, mut warnings) = (Vec::new(), Vec::new());
-        after_stop_in(
-            &os,
-            &[inst(10, &pid_file)],
-            &[rec(10, true)],
-            &mut removed,
-            &mut warnings,
-            &mut ui,
-        );
-        assert_eq!(removed, vec![pid_file.clone()], "{warnings:?}");
+        #[test]
+        fn fake_an_exclusive_lifecycle_barrier_is_waited_out_for_two_seconds_then_respected() {
+            let tmp = rt();
+            let pid_file = tmp.path().join("server-000000000000000a.pid");
+            fs::write(&pid_file, "").unwrap();
+            let barrier = tmp.path().join("lifecycle.lock");
+            fs::write(&barrier, "").unwrap();
+            // `mm uninstall` or `mm reset` at work.
+            let _uninstall = holder(&barrier, "-x");
+            let (mut removed, mut warnings) = (Vec::new(), Vec::new());
+            let mut ui = Ui::new(false, None).unwrap();
+            let os = FakeOs::new();
+            after_stop_in(
+                &os,
+                &[inst(10, &pid_file)],
+                &[rec(10, true)],
+                &mut removed,
+                &mut warnings,
+                &mut ui,
+            );
+            assert!(pid_file.exists() && removed.is_empty());
+            assert!(warnings[0].contains("held exclusively"), "{warnings:?}");
+            let slept: Duration = os
+                .log()
+                .iter()
+                .map(|c| match c {
+                    Call::Sleep(d) => *d,
+                    Call::Signal { .. } => panic!("clean never signals"),
+                })
+                .sum();
+            assert_eq!(slept, Duration::from_secs(2));
+            // A shared holder (a server starting) does not block the cleanup.
+            drop(_uninstall);
+            // flock(1)'s `sleep` holds the lock too and dies a moment later.
+            wait_for(|| free(&barrier), "the uninstall to end");
+            let _server = holder(&barrier, "-s");
+            let (mut removed, mut warnings) = (Vec::new(), Vec::new());
+            after_stop_in(
+                &os,
+                &[inst(10, &pid_file)],
+                &[rec(10, true)],
+                &mut removed,
+                &mut warnings,
+                &mut ui,
+            );
+            assert_eq!(removed, vec![pid_file.clone()], "{warnings:?}");
+        }
     }
 
     #[test]

@@ -497,6 +497,7 @@ pub fn tilde(path: &Path, home: &Path) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use rusty_fork::rusty_fork_test;
     use std::os::unix::fs::symlink;
 
     #[test]
@@ -560,23 +561,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn probe_outcomes() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("server.pid");
-        assert_eq!(probe(&path), Probe::Missing);
-        assert_eq!(probe(&tmp.path().join("nodir/server.pid")), Probe::Missing);
-        fs::write(&path, b"4242\n\n2026-11-26T11:32:39+00:00\n").unwrap();
-        assert!(matches!(probe(&path), Probe::Stale { payload, .. } if payload.pid == Some(4242)));
-        // A second open file description conflicts even within one process.
-        let holder = File::open(&path).unwrap();
-        assert!(try_flock(&holder, libc::LOCK_EX).unwrap());
-        assert!(matches!(probe(&path), Probe::Held { .. }));
-        assert_eq!(unlink_if_stale(&path), Ok(Unlink::Held));
-        unlock(&holder);
-        assert_eq!(unlink_if_stale(&path), Ok(Unlink::Removed));
-        assert!(!path.exists());
-        assert_eq!(unlink_if_stale(&path), Ok(Unlink::Missing));
+    // Own process (rusty-fork) for what takes real flocks: a child that a
+    // sibling test spawns in this process shares a lock's open file description
+    // until its exec, so the lock could outlive its release (issue 11).
+    rusty_fork_test! {
+        #[test]
+        fn probe_outcomes() {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("server.pid");
+            assert_eq!(probe(&path), Probe::Missing);
+            assert_eq!(probe(&tmp.path().join("nodir/server.pid")), Probe::Missing);
+            fs::write(&path, b"4242\n\n2026-11-26T11:32:39+00:00\n").unwrap();
+            assert!(matches!(
+                probe(&path),
+                Probe::Stale { payload, .. } if payload.pid == Some(4242)
+            ));
+            // A second open file description conflicts even within one process.
+            let holder = File::open(&path).unwrap();
+            assert!(try_flock(&holder, libc::LOCK_EX).unwrap());
+            assert!(matches!(probe(&path), Probe::Held { .. }));
+            assert_eq!(unlink_if_stale(&path), Ok(Unlink::Held));
+            unlock(&holder);
+            assert_eq!(unlink_if_stale(&path), Ok(Unlink::Removed));
+            assert!(!path.exists());
+            assert_eq!(unlink_if_stale(&path), Ok(Unlink::Missing));
+        }
     }
 
     #[test]
@@ -601,20 +610,23 @@ mod tests {
         assert!(fifo.symlink_metadata().is_ok());
     }
 
-    #[test]
-    fn legacy_shared_and_exclusive() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join(".server.pid");
-        fs::write(&path, b"4242").unwrap();
-        let holder = File::open(&path).unwrap();
-        assert!(try_flock(&holder, libc::LOCK_SH).unwrap());
-        let Probe::Held { id, .. } = probe(&path) else {
-            panic!("shared holder must read as held")
-        };
-        assert_eq!(classify_legacy(&path, id), Ok(LegacyMode::Shared));
-        unlock(&holder);
-        assert!(try_flock(&holder, libc::LOCK_EX).unwrap());
-        assert_eq!(classify_legacy(&path, id), Ok(LegacyMode::Exclusive));
+    // Own process (rusty-fork): takes real flocks (issue 11).
+    rusty_fork_test! {
+        #[test]
+        fn legacy_shared_and_exclusive() {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join(".server.pid");
+            fs::write(&path, b"4242").unwrap();
+            let holder = File::open(&path).unwrap();
+            assert!(try_flock(&holder, libc::LOCK_SH).unwrap());
+            let Probe::Held { id, .. } = probe(&path) else {
+                panic!("shared holder must read as held")
+            };
+            assert_eq!(classify_legacy(&path, id), Ok(LegacyMode::Shared));
+            unlock(&holder);
+            assert!(try_flock(&holder, libc::LOCK_EX).unwrap());
+            assert_eq!(classify_legacy(&path, id), Ok(LegacyMode::Exclusive));
+        }
     }
 
     #[test]
@@ -624,5 +636,17 @@ mod tests {
         assert!(parse_marker_name("2792-1-7e8680b97476a9e5-54004f8e.lock").is_none());
         assert!(parse_marker_name("x-1-7e8680b97476a9e5-54004f8e-6080cb89.lock").is_none());
         assert!(parse_marker_name("2792-1-7E8680B97476A9E5-54004f8e-6080cb89.lock").is_none());
+    }
+
+    #[test]
+    fn lock_descriptors_are_closed_on_exec() {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("server.pid");
+        fs::write(&path, b"4242\n").unwrap();
+        let file = open_nofollow(&path).unwrap();
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFD) };
+        assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "{flags}");
     }
 }

@@ -244,6 +244,7 @@ pub fn run(common: &Common) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusty_fork::rusty_fork_test;
 
     /// Kills and reaps the child on drop, panic included.
     struct Child(std::process::Child);
@@ -288,68 +289,73 @@ mod tests {
         );
     }
 
-    /// Through the fake OS: four servers holding their pid files, one
-    /// current and three stale for each kind of proof.
-    #[test]
-    fn fake_status_proves_each_stale_process_and_calls_a_fresh_one_current() {
-        use crate::discover::{discover_in, Installation, Scope};
-        use crate::sys::fake::{FakeOs, FakeProc};
-        use crate::sys::{FileId, LockKind, LockSeen};
-        use crate::testutil::{lock_holder, Rt};
-        let rt = Rt::new();
-        let tools = rt.file("tools");
-        let env = tools.join("memtomem");
-        fs::create_dir_all(env.join("bin")).unwrap();
-        fs::write(env.join("uv-receipt.toml"), "[tool]\n").unwrap();
-        let cache = rt.file("cache-env");
-        fs::create_dir_all(cache.join("bin")).unwrap();
-        fs::write(cache.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
-        let os = FakeOs::new();
-        let installed_ticks = os.start_now() - 100;
-        let installed_at = os.start_wall_secs(installed_ticks);
-        let mut holders = Vec::new();
-        let lib = env.join("lib/_native.so").display().to_string();
-        let cache_py = cache.join("bin/python3").display().to_string();
-        let procs = [
-            (4000, installed_ticks + 50, FakeProc::new(0)),
-            (4001, installed_ticks - 50, FakeProc::new(0)),
-            (
-                4002,
-                installed_ticks + 50,
-                FakeProc::new(0).maps(&lib, true),
-            ),
-            (
-                4003,
-                installed_ticks + 50,
-                FakeProc::new(0).argv(&[&cache_py, "-m", "memtomem.server"]),
-            ),
-        ];
-        for (i, (pid, start, p)) in procs.into_iter().enumerate() {
-            let path = rt.rt(&format!("server-{i:016x}.pid"));
-            fs::write(&path, format!("{pid}\n")).unwrap();
-            holders.push(lock_holder(&path));
-            let id = FileId::of(&fs::metadata(&path).unwrap());
-            let mut p = p.holds(id, LockSeen::Flock(LockKind::Write));
-            p.start = start;
-            os.add(pid, p);
+    // Own process (rusty-fork) for what takes real flocks: a child that a
+    // sibling test spawns in this process shares a lock's open file description
+    // until its exec, so the lock could outlive its release (issue 11).
+    rusty_fork_test! {
+        /// Through the fake OS: four servers holding their pid files, one
+        /// current and three stale for each kind of proof.
+        #[test]
+        fn fake_status_proves_each_stale_process_and_calls_a_fresh_one_current() {
+            use crate::discover::{discover_in, Installation, Scope};
+            use crate::sys::fake::{FakeOs, FakeProc};
+            use crate::sys::{FileId, LockKind, LockSeen};
+            use crate::testutil::{lock_holder, Rt};
+            let rt = Rt::new();
+            let tools = rt.file("tools");
+            let env = tools.join("memtomem");
+            fs::create_dir_all(env.join("bin")).unwrap();
+            fs::write(env.join("uv-receipt.toml"), "[tool]\n").unwrap();
+            let cache = rt.file("cache-env");
+            fs::create_dir_all(cache.join("bin")).unwrap();
+            fs::write(cache.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+            let os = FakeOs::new();
+            let installed_ticks = os.start_now() - 100;
+            let installed_at = os.start_wall_secs(installed_ticks);
+            let mut holders = Vec::new();
+            let lib = env.join("lib/_native.so").display().to_string();
+            let cache_py = cache.join("bin/python3").display().to_string();
+            let procs = [
+                (4000, installed_ticks + 50, FakeProc::new(0)),
+                (4001, installed_ticks - 50, FakeProc::new(0)),
+                (
+                    4002,
+                    installed_ticks + 50,
+                    FakeProc::new(0).maps(&lib, true),
+                ),
+                (
+                    4003,
+                    installed_ticks + 50,
+                    FakeProc::new(0).argv(&[&cache_py, "-m", "memtomem.server"]),
+                ),
+            ];
+            for (i, (pid, start, p)) in procs.into_iter().enumerate() {
+                let path = rt.rt(&format!("server-{i:016x}.pid"));
+                fs::write(&path, format!("{pid}\n")).unwrap();
+                holders.push(lock_holder(&path));
+                let id = FileId::of(&fs::metadata(&path).unwrap());
+                let mut p = p.holds(id, LockSeen::Flock(LockKind::Write));
+                p.start = start;
+                os.add(pid, p);
+            }
+            let install = Installation::at(tools, None);
+            let scope = Scope {
+                env: &rt.env,
+                install: &install,
+                protected: &[],
+                scan_processes: true,
+            };
+            let inv = discover_in(&os, &scope);
+            let (procs, stale) =
+                processes_in(&os, &inv, Some(installed_at), install.env_dir.as_deref());
+            assert_eq!(stale, 3, "{procs:?}");
+            let by_pid = |pid: i32| procs.iter().find(|p| p["pid"] == pid).unwrap();
+            assert_eq!(by_pid(4000)["generation"], "current");
+            let ev = |pid: i32| by_pid(pid)["evidence"].to_string();
+            assert!(ev(4001).contains("before the install"), "{}", ev(4001));
+            assert!(ev(4002).contains("_native.so"), "{}", ev(4002));
+            assert!(ev(4003).contains("different installation"), "{}", ev(4003));
+            assert!(ev(4000).contains("holds the flock"), "{}", ev(4000));
         }
-        let install = Installation::at(tools, None);
-        let scope = Scope {
-            env: &rt.env,
-            install: &install,
-            protected: &[],
-            scan_processes: true,
-        };
-        let inv = discover_in(&os, &scope);
-        let (procs, stale) =
-            processes_in(&os, &inv, Some(installed_at), install.env_dir.as_deref());
-        assert_eq!(stale, 3, "{procs:?}");
-        let by_pid = |pid: i32| procs.iter().find(|p| p["pid"] == pid).unwrap();
-        assert_eq!(by_pid(4000)["generation"], "current");
-        let ev = |pid: i32| by_pid(pid)["evidence"].to_string();
-        assert!(ev(4001).contains("before the install"), "{}", ev(4001));
-        assert!(ev(4002).contains("_native.so"), "{}", ev(4002));
-        assert!(ev(4003).contains("different installation"), "{}", ev(4003));
-        assert!(ev(4000).contains("holds the flock"), "{}", ev(4000));
     }
 }

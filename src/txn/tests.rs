@@ -2,6 +2,7 @@
 //! environments (real uv and memtomem: tests/transaction.rs).
 
 use super::*;
+use rusty_fork::rusty_fork_test;
 
 /// A tool dir with an environment of `version` at `<tool>/memtomem` (or at
 /// `dir`), its receipt naming `bin`.
@@ -190,13 +191,37 @@ fn first_install_moves_the_staged_env_in() {
     assert!(!f.layout.env().exists());
 }
 
-#[test]
-fn the_tool_lock_is_uvs_lock_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let first = lock_tool_dir(tmp.path()).unwrap();
-    assert!(tmp.path().join(".lock").is_file());
-    // Another open file description conflicts even in this process (flock).
-    assert!(lock_tool_dir(tmp.path()).unwrap_err().contains(".lock"));
-    drop(first);
-    lock_tool_dir(tmp.path()).unwrap();
+// Own process (rusty-fork) for what takes real flocks: a child that a
+// sibling test spawns in this process shares a lock's open file description
+// until its exec, so the lock could outlive its release (issue 11).
+rusty_fork_test! {
+    #[test]
+    fn the_tool_lock_is_uvs_lock_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = lock_tool_dir(tmp.path()).unwrap();
+        assert!(tmp.path().join(".lock").is_file());
+        // Another open file description conflicts even in this process (flock).
+        assert!(lock_tool_dir(tmp.path()).unwrap_err().contains(".lock"));
+        drop(first);
+        lock_tool_dir(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn tool_lock_and_barrier_are_closed_on_exec() {
+        use std::os::fd::AsRawFd;
+        let cloexec = |f: &File| {
+            // SAFETY: F_GETFD on a descriptor we own.
+            let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC != 0
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let tool = lock_tool_dir(&tmp.path().join("tools")).unwrap();
+        assert!(cloexec(&tool._file));
+        let rt = tmp.path().join("rt");
+        fs::create_dir(&rt).unwrap();
+        let barrier = take_barrier(&[rt], Duration::from_secs(1));
+        assert!(barrier.missed.is_empty(), "{:?}", barrier.missed);
+        assert_eq!(barrier._files.len(), 1);
+        assert!(barrier._files.iter().all(cloexec));
+    }
 }
