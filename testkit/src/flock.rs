@@ -29,8 +29,15 @@ pub fn is_locked(path: &Path) -> bool {
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    // SAFETY: flock on our own descriptor; released when `f` drops.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+    // SAFETY: flock on our own descriptor.
+    let held = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 };
+    if !held {
+        // Released at once, not when `f` is closed: a sibling test's fork
+        // could share the descriptor (and the lock) until its exec.
+        // SAFETY: as above.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+    }
+    held
 }
 
 /// Pids holding a flock on `path` (by inode, from /proc/locks; waiters excluded).
