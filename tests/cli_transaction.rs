@@ -69,59 +69,51 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     assert!(!exists(&sb.work_dir()), "the staging dir is gone");
 }
 
-#[test]
-fn a_version_that_cannot_be_staged_leaves_the_server_running() {
+/// `mm-upgrade -y --json ARGS` with the stand-in uv in `mode`, one live
+/// server, exit `code`; checks what every failure before the stop must
+/// leave: the server untouched (alive, its pid file, never signalled), the
+/// installation byte for byte as it was, no staging dir. Returns the JSON
+/// and the sandbox for the case's own checks.
+fn fails_before_any_stop(mode: &str, args: &[&str], code: i32) -> (serde_json::Value, Sandbox) {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     let before = sb.installation();
-    let doc = json_run(
-        sb.upgrader().env("FAKE_UV_MODE", "no-such-version").args([
-            "-y",
-            "--json",
-            "--version",
-            "99.99.99",
-        ]),
-        5,
+    let mut argv = vec!["-y", "--json"];
+    argv.extend_from_slice(args);
+    let doc = json_run(sb.upgrader().env("FAKE_UV_MODE", mode).args(&argv), code);
+    let case = format!("{mode} {args:?}");
+    assert!(server.alive(), "{case}: {doc}");
+    assert!(exists(&server.pid_file()), "{case}");
+    assert!(!server.events().contains("\"signal\""), "{case}");
+    assert!(doc.get("killed").is_none(), "{case}: {doc}");
+    assert_eq!(sb.installation(), before, "{case}");
+    assert!(!exists(&sb.work_dir()), "{case}: no staging dir is left");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("Nothing was stopped"),
+        "{case}: {doc}"
     );
-    assert!(doc["error"]
-        .as_str()
-        .unwrap()
-        .contains("Nothing was stopped"));
+    (doc, sb)
+}
+
+#[test]
+fn a_version_that_cannot_be_staged_leaves_the_server_running() {
+    let (doc, _) = fails_before_any_stop("no-such-version", &["--version", "99.99.99"], 5);
     assert!(doc["stderr"].as_str().unwrap().contains("99.99.99"));
-    assert!(server.alive());
-    assert!(exists(&server.pid_file()));
-    assert_eq!(sb.installation(), before);
 }
 
 #[test]
 fn a_failed_staging_stops_nothing_and_leaves_the_installation_as_it_was() {
-    let sb = Sandbox::new();
-    let server = sb.server("s", &[]);
-    let before = sb.installation();
-    let doc = json_run(
-        sb.upgrader().env("FAKE_UV_MODE", "fail-install").args([
-            "-y",
-            "--json",
-            "--version",
-            "0.6.12",
-        ]),
-        5,
-    );
+    let (doc, sb) = fails_before_any_stop("fail-install", &["--version", "0.6.12"], 5);
     let err = doc["error"].as_str().unwrap();
     assert!(
         err.contains("cannot install memtomem[all]==0.6.12"),
         "{err}"
     );
-    assert!(err.contains("Nothing was stopped"), "{err}");
     assert!(doc["stderr"].as_str().unwrap().contains("install exploded"));
-    assert!(doc.get("killed").is_none(), "{doc}");
-    assert!(server.alive());
-    assert!(exists(&server.pid_file()));
-    assert!(!server.events().contains("\"signal\""));
-    // The old env, its receipt and the entry-point link: byte for byte.
-    assert_eq!(sb.installation(), before);
     assert_eq!(sb.installed_versions(), ["0.6.11"]);
-    assert!(!exists(&sb.work_dir()), "no staging dir is left");
 }
 
 #[test]
@@ -130,28 +122,13 @@ fn a_release_that_fails_its_proof_stops_nothing() {
         ("broken-entry", "exited before answering initialize"),
         ("broken-python", "does not run (exit status 1)"),
     ] {
-        let sb = Sandbox::new();
-        let server = sb.server("s", &[]);
-        let before = sb.installation();
-        let doc = json_run(
-            sb.upgrader()
-                .env("FAKE_UV_MODE", mode)
-                .args(["-y", "--json", "--version", "0.6.12"]),
-            5,
-        );
+        let (doc, sb) = fails_before_any_stop(mode, &["--version", "0.6.12"], 5);
         let err = doc["error"].as_str().unwrap();
         assert!(
-            err.contains("the staged memtomem 0.6.12 failed its proof")
-                && err.contains(why)
-                && err.contains("Nothing was stopped"),
+            err.contains("the staged memtomem 0.6.12 failed its proof") && err.contains(why),
             "{mode}: {err}"
         );
         assert_eq!(sb.uv_installs().len(), 1, "{mode}: staged once");
-        assert!(server.alive(), "{mode}");
-        assert!(exists(&server.pid_file()), "{mode}");
-        assert!(!server.events().contains("\"signal\""), "{mode}");
-        assert_eq!(sb.installation(), before, "{mode}");
-        assert!(!exists(&sb.work_dir()), "{mode}: no staging dir is left");
     }
 }
 
@@ -185,28 +162,12 @@ fn a_new_environment_that_fails_its_check_in_place_is_exchanged_back() {
 
 #[test]
 fn a_staging_that_outlasts_the_uv_timeout_stops_nothing() {
-    let sb = Sandbox::new();
-    let server = sb.server("s", &[]);
-    let before = sb.installation();
-    let doc = json_run(
-        sb.upgrader().env("FAKE_UV_MODE", "slow-install").args([
-            "-y",
-            "--json",
-            "--uv-timeout",
-            "200ms",
-            "--version",
-            "0.6.12",
-        ]),
-        5,
-    );
-    let err = doc["error"].as_str().unwrap();
+    let args = ["--uv-timeout", "200ms", "--version", "0.6.12"];
+    let (doc, _) = fails_before_any_stop("slow-install", &args, 5);
     assert!(
-        err.contains("timed out") && err.contains("Nothing was stopped"),
-        "{err}"
+        doc["error"].as_str().unwrap().contains("timed out"),
+        "{doc}"
     );
-    assert!(server.alive());
-    assert_eq!(sb.installation(), before);
-    assert!(!exists(&sb.work_dir()));
 }
 
 #[test]
