@@ -122,7 +122,10 @@ fn dry_run_without_uv_shows_the_plan_and_says_the_run_would_fail() {
         .get_output()
         .clone();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("memtomem"), "no plan: {stdout}");
+    assert!(
+        stdout.contains("installed version unknown"),
+        "no plan: {stdout}"
+    );
     assert!(
         stdout.contains("/nonexistent/uv") && stdout.contains("would stop nothing"),
         "{stdout}"

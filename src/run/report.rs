@@ -204,9 +204,11 @@ pub(super) fn render_plan(
     let home = cx.s.paths.home.clone();
     let t = |p: &Path| crate::pidfile::tilde(p, &home);
     let target = cx.s.version.as_deref().unwrap_or("the latest release");
-    let head = match installed {
-        Some(v) => format!("memtomem upgrade plan: {v} → {target}"),
-        None => format!("memtomem is not installed: this installs {target}"),
+    let head = match (installed, cx.install.tool_dir()) {
+        (Some(v), _) => format!("memtomem upgrade plan: {v} → {target}"),
+        // Without uv's tool dir nothing is known of the installation.
+        (None, None) => format!("memtomem upgrade plan: installed version unknown → {target}"),
+        (None, Some(_)) => format!("memtomem is not installed: this installs {target}"),
     };
     let mut lines = vec![head];
     for i in &plan.stops {
