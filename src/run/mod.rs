@@ -368,6 +368,15 @@ fn stop_servers(
         }
         if progress.first_signal.is_none() {
             progress.first_signal = Some(Instant::now());
+            progress.first_signal_ticks = sys::boot_ticks_now();
+        }
+        for t in &targets {
+            if t.ppid > 1
+                && !cx.protected.contains(&t.ppid)
+                && !progress.launchers.contains(&t.ppid)
+            {
+                progress.launchers.push(t.ppid);
+            }
         }
         let recs = stop_instances(cx, &targets, cfg);
         progress.last_exit = Some(Instant::now());
@@ -517,6 +526,10 @@ fn retire_old_generation(
             return Err(cx.fail(UpgradeError::Verify(msg), Some(progress)));
         }
         if old.is_empty() {
+            let seen: Vec<sys::Pid> = inv.instances.iter().filter_map(|i| i.pid).collect();
+            if respawn_registered(cx, progress, &seen, installed_ticks) {
+                continue;
+            }
             // What `status` would say of the survivors: started after the
             // install, but still mapping deleted files of the installation
             // or running another installation's interpreter.
@@ -586,4 +599,62 @@ fn stop_instances(
         cx.ui.event("exited", json!({"pid": r.pid, "confirmed_by": r.confirmed_by, "after_ms": r.after_ms, "error": r.error}));
     }
     recs
+}
+
+/// How long a respawn still starting up at the switch may take to register
+/// (a real memtomem-server takes ~1.5 s of imports to write its pid file).
+const RESPAWN_SETTLE: Duration = Duration::from_secs(3);
+
+/// A child that a stopped server's launcher (its MCP host) started between
+/// our first signal and the switch, and that no inventory has seen: a
+/// respawn of the old code still starting up, not yet provably a server.
+/// Wait (bounded) until it registers — then `true`, and the caller retires
+/// it with the usual proofs — or exits. One that does neither is named in
+/// a warning; it is never signalled without proof.
+fn respawn_registered(
+    cx: &mut Ctx,
+    progress: &Progress,
+    seen: &[sys::Pid],
+    installed_ticks: u64,
+) -> bool {
+    use crate::sys::Processes;
+    let stopped: Vec<sys::Pid> = progress.records.iter().map(|r| r.pid).collect();
+    let pending = |table: &[sys::ProcStat]| -> Vec<sys::Pid> {
+        table
+            .iter()
+            .filter(|p| progress.launchers.contains(&p.ppid))
+            .filter(|p| p.state != sys::RunState::Zombie)
+            .filter(|p| (progress.first_signal_ticks..=installed_ticks).contains(&p.start_ticks))
+            .filter(|p| !seen.contains(&p.pid) && !stopped.contains(&p.pid))
+            .filter(|p| !cx.protected.contains(&p.pid))
+            .map(|p| p.pid)
+            .collect()
+    };
+    if progress.launchers.is_empty() || pending(&sys::real().table()).is_empty() {
+        return false;
+    }
+    let deadline = Instant::now() + RESPAWN_SETTLE;
+    loop {
+        let waiting = pending(&sys::real().table());
+        if waiting.is_empty() {
+            return false;
+        }
+        let inv = discover::discover(&cx.scope(true));
+        if inv
+            .instances
+            .iter()
+            .any(|i| i.pid.is_some_and(|p| waiting.contains(&p)))
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            cx.warnings.push(format!(
+                "pid {} started by the host of a stopped server during the upgrade never registered as a memtomem server within {}s; if it is one, it runs the previous version",
+                join(&waiting),
+                RESPAWN_SETTLE.as_secs()
+            ));
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -24,6 +24,11 @@ pub(super) struct Progress {
     pub(super) first_signal: Option<Instant>,
     /// When the last stop round returned (every target's exit confirmed).
     pub(super) last_exit: Option<Instant>,
+    /// The process-table start time of the first signal.
+    pub(super) first_signal_ticks: u64,
+    /// Parents of the stopped servers (their MCP hosts): a child they
+    /// start during the upgrade is a respawn.
+    pub(super) launchers: Vec<Pid>,
 }
 
 impl Progress {
