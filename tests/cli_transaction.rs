@@ -209,12 +209,10 @@ fn an_entry_point_that_is_not_uvs_link_is_refused_before_anything_stops() {
 #[test]
 fn a_hostile_receipt_is_refused_before_uv_runs() {
     let sb = Sandbox::new();
-    let receipt = sb.receipt().replace(
+    sb.edit_receipt(
         "{ name = \"memtomem\", extras = [\"all\"] }",
         "{ name = \"memtomem\", specifier = \"@ https://evil.example/x.whl\" }",
     );
-    assert!(receipt.contains("evil"), "{receipt}");
-    fs::write(sb.env_dir().join("uv-receipt.toml"), &receipt).unwrap();
     let server = sb.server("s", &[]);
     let before = sb.installation();
     let doc = json_run(
@@ -440,12 +438,10 @@ fn staging_keeps_the_receipts_python_and_with_requirements() {
     let sb = Sandbox::new();
     // What `uv tool install --python /x/python3.12 --with packaging
     // memtomem[all]` recorded.
-    let receipt = sb.receipt().replace(
+    sb.edit_receipt(
         "requirements = [\n    { name = \"memtomem\", extras = [\"all\"] },\n]\n",
         "requirements = [\n    { name = \"memtomem\", extras = [\"all\"] },\n    { name = \"packaging\" },\n]\npython = \"/x/python3.12\"\n",
     );
-    assert!(receipt.contains("packaging"), "{receipt}");
-    fs::write(sb.env_dir().join("uv-receipt.toml"), &receipt).unwrap();
     let server = sb.server("s", &[]);
     let doc = json_run(
         sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),

@@ -272,6 +272,18 @@ impl Sandbox {
         fs::read_to_string(self.env_dir().join("uv-receipt.toml")).unwrap_or_default()
     }
 
+    /// Replace `from` by `to` in the installed receipt (which must hold
+    /// `from`, so a changed fixture cannot make the edit a silent no-op).
+    pub fn edit_receipt(&self, from: &str, to: &str) {
+        let text = self.receipt();
+        assert!(text.contains(from), "the receipt lacks {from:?}: {text}");
+        fs::write(
+            self.env_dir().join("uv-receipt.toml"),
+            text.replace(from, to),
+        )
+        .unwrap();
+    }
+
     /// mm-upgrade's work dir in uv's tool dir (staging, journal).
     pub fn work_dir(&self) -> PathBuf {
         self.path("tools/.mm-upgrade")
