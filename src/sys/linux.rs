@@ -366,19 +366,8 @@ impl Signals for Linux {
 
     /// With pidfds one `poll(2)`; without, a short sleep-and-check loop.
     fn wait_any(&self, hs: &[&ProcHandle], timeout: Duration) {
-        if hs.is_empty() {
-            return;
-        }
-        let fds: Option<Vec<i32>> = hs
-            .iter()
-            .map(|h| h.pidfd.as_ref().map(|f| f.as_raw_fd()))
-            .collect();
-        match fds {
-            Some(fds) => {
-                posix::poll_readable(&fds, timeout, &|| true);
-            }
-            None => std::thread::sleep(timeout.min(Duration::from_millis(5))),
-        }
+        let fds = hs.iter().map(|h| h.pidfd.as_ref().map(|f| f.as_raw_fd()));
+        posix::wait_any_exit(fds.collect(), timeout);
     }
 }
 

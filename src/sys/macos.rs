@@ -474,20 +474,8 @@ impl Signals for Macos {
     }
 
     fn wait_any(&self, hs: &[&ProcHandle], timeout: Duration) {
-        if hs.is_empty() {
-            return;
-        }
-        let fds: Option<Vec<i32>> = hs
-            .iter()
-            .map(|h| h.kq.as_ref().map(|k| k.as_raw_fd()))
-            .collect();
-        match fds {
-            // A kqueue is readable when an event is pending.
-            Some(fds) => {
-                posix::poll_readable(&fds, timeout, &|| true);
-            }
-            None => std::thread::sleep(timeout.min(Duration::from_millis(5))),
-        }
+        let fds = hs.iter().map(|h| h.kq.as_ref().map(|f| f.as_raw_fd()));
+        posix::wait_any_exit(fds.collect(), timeout);
     }
 }
 

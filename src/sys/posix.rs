@@ -146,6 +146,19 @@ pub fn read_byte() -> io::Result<Option<u8>> {
     }
 }
 
+/// Wait for any of several exit descriptors (pidfds, kqueues) to become
+/// readable; when one process has none (`None`), a short nap instead, and
+/// the caller checks again.
+pub fn wait_any_exit(fds: Option<Vec<i32>>, timeout: Duration) {
+    match fds {
+        Some(fds) if !fds.is_empty() => {
+            poll_readable(&fds, timeout, &|| true);
+        }
+        Some(_) => {}
+        None => std::thread::sleep(timeout.min(Duration::from_millis(5))),
+    }
+}
+
 /// Poll descriptors for readability for at most `timeout` (EINTR polls
 /// again with the time left, unless `abort` says stop). True when one is.
 pub fn poll_readable(fds: &[i32], timeout: Duration, abort: &dyn Fn() -> bool) -> bool {
