@@ -2,219 +2,17 @@
 //! environments they leave behind, checked file by file.
 
 mod common;
+#[path = "fake_uv/uvbox.rs"]
+mod uvbox;
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-const UV: &str = env!("CARGO_BIN_EXE_fake-uv");
-const ENTRY_POINTS: [&str; 4] = ["memtomem", "memtomem-server", "memtomem-web", "mm"];
-
-/// A sandbox with a real tool dir (`tools`), its bin dir (`bin`) and a call log.
-struct UvBox {
-    dir: tempfile::TempDir,
-    tools: PathBuf,
-    bin: PathBuf,
-    log: PathBuf,
-}
-
-impl UvBox {
-    fn new() -> UvBox {
-        let dir = tempfile::tempdir().unwrap();
-        let tools = dir.path().join("tools");
-        let bin = dir.path().join("bin");
-        fs::create_dir_all(&tools).unwrap();
-        fs::create_dir_all(dir.path().join("home")).unwrap();
-        let log = dir.path().join("uv.jsonl");
-        UvBox {
-            dir,
-            tools,
-            bin,
-            log,
-        }
-    }
-
-    /// The staging tool dir the upgrader uses: inside the real one.
-    fn stage(&self, name: &str) -> PathBuf {
-        self.tools.join(".mm-upgrade").join(name)
-    }
-
-    /// `fake-uv ARGS` with a clean environment: the sandbox's FAKE_UV_* and `env`.
-    fn command(&self, env: &[(&str, &Path)], args: &[&str]) -> Command {
-        let mut c = Command::new(UV);
-        c.args(args)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", self.dir.path().join("home"))
-            .env("FAKE_UV_TOOL_DIR", &self.tools)
-            .env("FAKE_UV_LOG", &self.log)
-            .env("FAKE_UV_SERVER_BIN", BIN)
-            .stdin(Stdio::null())
-            .process_group(0);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c
-    }
-
-    /// A stage call into `stage(name)` (bin dir `<stage>/.bin`), FAKE_UV_BEHAVIOR `behavior`.
-    fn stage_call(&self, name: &str, behavior: &str, args: &[&str]) -> (Output, PathBuf) {
-        let stage = self.stage(name);
-        let bin = stage.join(".bin");
-        let mut c = self.command(
-            &[("UV_TOOL_DIR", &stage), ("UV_TOOL_BIN_DIR", &bin)],
-            &[&["tool", "install"], args].concat(),
-        );
-        c.env("FAKE_UV_BEHAVIOR", behavior);
-        (c.output().unwrap(), stage)
-    }
-
-    fn install_call(&self, extra_env: &[(&str, &Path)], args: &[&str]) -> Output {
-        let mut env = vec![
-            ("UV_TOOL_DIR", self.tools.as_path()),
-            ("UV_TOOL_BIN_DIR", self.bin.as_path()),
-        ];
-        env.extend_from_slice(extra_env);
-        self.command(&env, &[&["tool", "install"], args].concat())
-            .output()
-            .unwrap()
-    }
-
-    fn last_call(&self) -> Value {
-        let text = fs::read_to_string(&self.log).unwrap();
-        serde_json::from_str(text.lines().last().unwrap()).unwrap()
-    }
-
-    /// A file of pids for FAKE_UV_MANAGED_PIDS.
-    fn managed(&self, pids: &[u32]) -> PathBuf {
-        let p = self.dir.path().join("managed");
-        fs::write(
-            &p,
-            pids.iter().map(|p| format!("{p}\n")).collect::<String>(),
-        )
-        .unwrap();
-        p
-    }
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "fake-uv: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn receipt(env: &Path) -> toml::Table {
-    let text = fs::read_to_string(env.join("uv-receipt.toml")).unwrap();
-    toml::from_str(&text).unwrap_or_else(|e| panic!("receipt is TOML: {e}\n{text}"))
-}
-
-/// The receipt uv writes for these requirements, python, bin dir and options.
-fn expected_receipt(
-    requirements: &str,
-    python: Option<&str>,
-    bin: &Path,
-    compile: bool,
-) -> toml::Table {
-    let mut text = format!("[tool]\nrequirements = {requirements}\n");
-    if let Some(p) = python {
-        text.push_str(&format!("python = {p:?}\n"));
-    }
-    text.push_str("entrypoints = [\n");
-    for n in ENTRY_POINTS {
-        text.push_str(&format!(
-            "  {{ name = {n:?}, install-path = {:?}, from = \"memtomem\" }},\n",
-            bin.join(n).display().to_string()
-        ));
-    }
-    text.push_str("]\n");
-    if compile {
-        text.push_str("[tool.options]\ncompile-bytecode = true\n");
-    }
-    toml::from_str(&text).unwrap()
-}
-
-fn run(path: &Path, args: &[&str]) -> Output {
-    Command::new(path)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()))
-}
-
-fn installed_version(env: &Path) -> Vec<String> {
-    list(&env.join("lib/python3.12/site-packages"))
-        .into_iter()
-        .filter_map(|n| {
-            n.strip_prefix("memtomem-")
-                .and_then(|v| v.strip_suffix(".dist-info"))
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-/// The stand-in interpreter's answer to the upgrader's metadata probe.
-fn probe(env: &Path) -> Output {
-    run(
-        &env.join("bin/python"),
-        &["-I", "-c", "import json, memtomem; print(...)"],
-    )
-}
-
-/// Every file of an installation: receipt, venv files, dist-info, package, the python
-/// stand-in and its links, the entry scripts (second line names `env`'s python), and the
-/// bin dir's links to them.
-fn assert_layout(env: &Path, bin: &Path, version: &str) {
-    for f in [
-        "uv-receipt.toml",
-        "pyvenv.cfg",
-        ".gitignore",
-        "CACHEDIR.TAG",
-    ] {
-        assert!(env.join(f).is_file(), "{f}");
-    }
-    assert_eq!(fs::read_link(env.join("lib64")).unwrap(), Path::new("lib"));
-    let cfg = fs::read_to_string(env.join("pyvenv.cfg")).unwrap();
-    assert!(
-        cfg.contains("include-system-site-packages = false"),
-        "{cfg}"
-    );
-    assert_eq!(installed_version(env), [version]);
-    let site = env.join("lib/python3.12/site-packages");
-    let meta =
-        fs::read_to_string(site.join(format!("memtomem-{version}.dist-info/METADATA"))).unwrap();
-    assert!(
-        meta.lines().any(|l| l == "Name: memtomem")
-            && meta.lines().any(|l| l == format!("Version: {version}")),
-        "{meta}"
-    );
-    assert!(site.join("memtomem/__init__.py").is_file());
-    for alias in ["python3", "python3.12"] {
-        assert_eq!(
-            fs::read_link(env.join("bin").join(alias)).unwrap(),
-            Path::new("python")
-        );
-    }
-    let python = env.join("bin/python");
-    assert_eq!(mode_bits(&python) & 0o111, 0o111);
-    for n in ENTRY_POINTS {
-        let script = env.join("bin").join(n);
-        assert_eq!(mode_bits(&script) & 0o111, 0o111, "{n}");
-        let text = fs::read_to_string(&script).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "#!/bin/sh", "{n}");
-        assert_eq!(lines[1], format!("# python: {}", python.display()), "{n}");
-        assert_eq!(fs::read_link(bin.join(n)).unwrap(), script, "{n}");
-    }
-}
-
+use uvbox::*;
 #[test]
 fn a_stage_call_lays_out_a_real_looking_environment_while_managed_servers_run() {
     let b = UvBox::new();
@@ -300,20 +98,7 @@ fn a_stage_call_lays_out_a_real_looking_environment_while_managed_servers_run() 
 
     // The staged memtomem-server is the fake server, reporting the staged version.
     let sb = Sandbox::new();
-    let mut c = Command::new(bin.join("memtomem-server"));
-    c.args(["--runtime-dir", sb.rt.to_str().unwrap()])
-        .env("HOME", &sb.home)
-        .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(sb.path("s.stderr")).unwrap())
-        .process_group(0);
-    let mut p = Proc::start(
-        c,
-        sb.path("s.ready"),
-        sb.path("s.events"),
-        sb.path("s.stderr"),
-    );
+    let mut p = start_installed_server(&bin.join("memtomem-server"), &sb, &[]);
     let mcp = Mcp::new(p.child.stdout.take().unwrap());
     let v = mcp.request(&mut p, &initialize(1, "2025-06-18"));
     assert_eq!(v["result"]["serverInfo"]["version"], "0.6.13", "{v}");
@@ -570,21 +355,16 @@ fn server_args_reach_the_installed_memtomem_server() {
 
     // The staged server hangs on initialize, and still exits on EOF.
     let sb = Sandbox::new();
-    let mut c = Command::new(bin.join("memtomem-server"));
-    c.args(["--runtime-dir", sb.rt.to_str().unwrap()])
-        .args(["--ready-file", sb.path("s.ready").to_str().unwrap()])
-        .args(["--events", sb.path("s.events").to_str().unwrap()])
-        .env("HOME", &sb.home)
-        .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(sb.path("s.stderr")).unwrap())
-        .process_group(0);
-    let mut p = Proc::start(
-        c,
-        sb.path("s.ready"),
-        sb.path("s.events"),
-        sb.path("s.stderr"),
+    let (ready, events) = (sb.path("s.ready"), sb.path("s.events"));
+    let mut p = start_installed_server(
+        &bin.join("memtomem-server"),
+        &sb,
+        &[
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ],
     );
     p.ready();
     let mcp = Mcp::new(p.child.stdout.take().unwrap());
@@ -600,5 +380,122 @@ fn server_args_reach_the_installed_memtomem_server() {
     assert!(
         script.ends_with("--server-version '0.7.2' \"$@\"\n"),
         "{script}"
+    );
+}
+
+#[test]
+fn stage_only_refuses_every_install_that_is_not_a_stage_call() {
+    let b = UvBox::new();
+    let mut c = b.command(
+        &[("UV_TOOL_DIR", &b.tools), ("UV_TOOL_BIN_DIR", &b.bin)],
+        &["tool", "install", "memtomem==0.7.0"],
+    );
+    let out = c.env("FAKE_UV_STAGE_ONLY", "1").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a staging dir"), "{err}");
+    assert!(!b.tools.join("memtomem").exists());
+    assert_eq!(b.last_call()["kind"], "install");
+    // A stage call still lays out its environment.
+    let stage = b.stage("s");
+    let mut c = b.command(
+        &[("UV_TOOL_DIR", &stage)],
+        &["tool", "install", "memtomem==0.7.0"],
+    );
+    ok(&c.env("FAKE_UV_STAGE_ONLY", "1").output().unwrap());
+    assert_eq!(installed_version(&stage.join("memtomem")), ["0.7.0"]);
+}
+
+#[test]
+fn dangling_entry_names_mm_in_the_receipt_but_never_writes_it() {
+    let b = UvBox::new();
+    let (out, stage) = b.stage_call("d", "dangling-entry", &["memtomem==0.7.0"]);
+    ok(&out);
+    let env = stage.join("memtomem");
+    let bin = stage.join(".bin");
+    let names: Vec<String> = receipt(&env)["tool"]["entrypoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ENTRY_POINTS);
+    assert!(fs::symlink_metadata(bin.join("mm")).is_err());
+    assert!(fs::symlink_metadata(env.join("bin/mm")).is_err());
+    for n in ["memtomem", "memtomem-server", "memtomem-web"] {
+        assert_eq!(fs::read_link(bin.join(n)).unwrap(), env.join("bin").join(n));
+    }
+    assert_eq!(b.last_call()["installed"]["dangling_entry"], true);
+}
+
+#[test]
+fn hang_half_written_leaves_part_of_an_environment_then_hangs() {
+    let b = UvBox::new();
+    let stage = b.stage("h");
+    let mut c = b.command(
+        &[("UV_TOOL_DIR", &stage)],
+        &["tool", "install", "memtomem==0.7.0"],
+    );
+    c.env("FAKE_UV_BEHAVIOR", "hang-half-written");
+    let mut p = Proc::start(
+        c,
+        b.dir.path().join("r"),
+        b.dir.path().join("e"),
+        b.dir.path().join("x"),
+    );
+    // The log line is written once the half environment is there.
+    let hanging = || {
+        fs::read_to_string(&b.log)
+            .unwrap_or_default()
+            .contains("\"note\":\"hanging\"")
+    };
+    testkit::wait_for(
+        "the hanging call's log line",
+        Duration::from_secs(10),
+        hanging,
+    );
+    assert_eq!(b.last_call()["pid"], p.child.id());
+    assert!(stage.join("memtomem/lib/python3.12/site-packages").is_dir());
+    assert!(!stage.join("memtomem/uv-receipt.toml").exists());
+    assert!(p.wait_exit(Duration::from_millis(100)).is_none(), "hangs");
+}
+
+#[test]
+fn without_uv_dirs_the_defaults_follow_xdg_then_home() {
+    let b = UvBox::new();
+    let home = b.dir.path().join("home");
+    let xdg = b.dir.path().join("xdg");
+    let ask = |env: &[(&str, &Path)], bin: bool| -> String {
+        let mut args = vec!["tool", "dir"];
+        if bin {
+            args.push("--bin");
+        }
+        let out = b.command(env, &args).output().unwrap();
+        ok(&out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let s = |p: PathBuf| p.to_string_lossy().into_owned();
+    assert_eq!(ask(&[], false), s(home.join(".local/share/uv/tools")));
+    assert_eq!(ask(&[], true), s(home.join(".local/bin")));
+    let data = xdg.join("data");
+    assert_eq!(
+        ask(&[("XDG_DATA_HOME", &data)], false),
+        s(data.join("uv/tools"))
+    );
+    assert_eq!(
+        ask(&[("XDG_DATA_HOME", &data)], true),
+        s(data.join("../bin"))
+    );
+    let xbin = xdg.join("bin");
+    assert_eq!(
+        ask(&[("XDG_DATA_HOME", &data), ("XDG_BIN_HOME", &xbin)], true),
+        s(xbin.clone())
+    );
+    assert_eq!(
+        ask(
+            &[("XDG_BIN_HOME", &xbin), ("UV_TOOL_BIN_DIR", &b.bin)],
+            true
+        ),
+        s(b.bin.clone())
     );
 }
