@@ -17,6 +17,7 @@ pub mod dblock;
 pub mod discover;
 pub mod error;
 pub mod exit;
+pub mod hosts;
 pub mod install;
 pub mod interrupt;
 pub mod paths;

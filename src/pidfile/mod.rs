@@ -14,12 +14,12 @@ use std::path::Path;
 
 pub use marker::{parse_marker_name, MarkerName};
 pub use payload::{format_stamp, parse_payload, parse_stamp, Payload, PAYLOAD_CAP};
+#[cfg(test)]
+pub(crate) use probe::probe_with;
 pub use probe::{
     classify_legacy, open_nofollow, probe, try_flock, unlink_if_stale, unlock, LegacyMode, Probe,
     Unlink,
 };
-#[cfg(test)]
-pub(crate) use probe::probe_with;
 
 /// Shorten a path under HOME to `~/…` for human output.
 pub fn tilde(path: &Path, home: &Path) -> String {

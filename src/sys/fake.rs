@@ -27,6 +27,8 @@ pub struct FakeProc {
     pub cwd: Option<PathBuf>,
     pub ignored: u64,
     pub maps: Vec<Mapping>,
+    /// Has a controlling terminal (`None`: not told).
+    pub tty: Option<bool>,
     /// Files it has open, and what the OS shows of each one's lock.
     pub open: Vec<(FileId, LockSeen)>,
     /// Exits this long after SIGTERM (`None`: not on SIGTERM).
@@ -50,6 +52,7 @@ impl FakeProc {
             cwd: None,
             ignored: 0,
             maps: vec![],
+            tty: None,
             open: vec![],
             exits_after_term: Some(Duration::from_millis(1)),
             survives_kill: false,
@@ -86,6 +89,10 @@ impl FakeProc {
             deleted,
             inode: 1,
         });
+        self
+    }
+    pub fn tty(mut self, tty: bool) -> FakeProc {
+        self.tty = Some(tty);
         self
     }
     pub fn ignores(mut self, sig: i32) -> FakeProc {
@@ -230,6 +237,9 @@ impl Processes for FakeOs {
     }
     fn maps(&self, pid: Pid) -> Vec<Mapping> {
         self.with(pid, |p| p.maps.clone()).unwrap_or_default()
+    }
+    fn has_tty(&self, pid: Pid) -> Option<bool> {
+        self.with(pid, |p| p.tty).flatten()
     }
 }
 

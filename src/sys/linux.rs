@@ -52,6 +52,13 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
+/// Field 7 of `/proc/<pid>/stat`, `tty_nr`: 0 when there is no
+/// controlling terminal.
+pub fn parse_tty_nr(text: &str) -> Option<i64> {
+    let close = text.rfind(')')?;
+    text[close + 1..].split_whitespace().nth(4)?.parse().ok()
+}
+
 /// The `SigIgn` mask of `/proc/<pid>/status`.
 pub fn parse_sig_ign(text: &str) -> Option<u64> {
     text.lines()
@@ -190,6 +197,11 @@ impl Processes for Linux {
         fs::read_to_string(format!("/proc/{pid}/maps"))
             .map(|t| parse_maps(&t))
             .unwrap_or_default()
+    }
+
+    fn has_tty(&self, pid: Pid) -> Option<bool> {
+        let (bytes, _) = read_proc(&format!("/proc/{pid}/stat"))?;
+        parse_tty_nr(&String::from_utf8_lossy(&bytes)).map(|t| t != 0)
     }
 }
 
@@ -451,6 +463,13 @@ mod tests {
         let t = "7 (x) T 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
         assert_eq!(parse_stat(z).unwrap().state, RunState::Zombie);
         assert_eq!(parse_stat(t).unwrap().state, RunState::Stopped);
+    }
+
+    #[test]
+    fn stat_tty_nr_is_field_7() {
+        let line = "42 (a) b) S 1 42 42 34816 42 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0";
+        assert_eq!(parse_tty_nr(line), Some(34816));
+        assert_eq!(parse_tty_nr(&line.replace(" 34816 ", " 0 ")), Some(0));
     }
 
     #[test]

@@ -145,6 +145,11 @@ pub trait Processes {
     fn ignored(&self, pid: Pid) -> Option<u64>;
     /// Mapped files (empty where the OS does not tell).
     fn maps(&self, pid: Pid) -> Vec<Mapping>;
+    /// Whether it has a controlling terminal (`None`: the OS does not tell),
+    /// to recognise an interactive shell as a terminal host ([`crate::hosts`]).
+    fn has_tty(&self, _pid: Pid) -> Option<bool> {
+        None
+    }
     /// One pass over the table.
     fn table(&self) -> Vec<ProcStat> {
         self.pids()
