@@ -7,7 +7,9 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::cli::Legacy;
-use crate::signals::{catch, describe_status, drain, make_sig_pipe, set_handler, sigmask};
+use crate::signals::{
+    catch, describe_status, drain, make_sig_pipe, poll_ready, set_handler, sigmask,
+};
 use crate::{hard_exit, locks, pid, util, Server};
 
 impl Server {
@@ -245,20 +247,7 @@ impl Server {
     fn main_loop(&mut self) -> ! {
         let watch_stdin = self.io.watch_stdin;
         loop {
-            let mut fds = vec![libc::pollfd {
-                fd: self.io.sig_rd,
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            if watch_stdin {
-                fds.push(libc::pollfd {
-                    fd: 0,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-            // SAFETY: poll on our own array.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
+            let fds = poll_ready(self.io.sig_rd, watch_stdin, &[], -1);
             for sig in drain(self.io.sig_rd) {
                 match sig {
                     libc::SIGTERM => self.on_sigterm(),

@@ -67,8 +67,33 @@ pub fn sig_name(sig: i32) -> String {
         libc::SIGCHLD => "SIGCHLD".into(),
         libc::SIGHUP => "SIGHUP".into(),
         libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGPIPE => "SIGPIPE".into(),
         n => format!("SIG{n}"),
     }
+}
+
+/// Waits (at most `timeout_ms`, -1: no limit) until the self-pipe `sig_rd`, stdin (when
+/// `watch_stdin`) or one of `more` is readable. Returns the polled array: `[0]` is the
+/// self-pipe, `[1]` stdin when watched, then `more` in order.
+pub fn poll_ready(
+    sig_rd: RawFd,
+    watch_stdin: bool,
+    more: &[RawFd],
+    timeout_ms: i32,
+) -> Vec<libc::pollfd> {
+    let watched = std::iter::once(sig_rd)
+        .chain(watch_stdin.then_some(0))
+        .chain(more.iter().copied());
+    let mut fds: Vec<libc::pollfd> = watched
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll on our own array.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout_ms) };
+    fds
 }
 
 pub fn drain(fd: RawFd) -> Vec<i32> {

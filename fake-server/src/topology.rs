@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::signals::{
-    catch, describe_status, drain, make_sig_pipe, set_handler, sig_name, sigmask,
+    catch, describe_status, drain, make_sig_pipe, poll_ready, set_handler, sig_name, sigmask,
 };
 use crate::{fork, hard_exit, mcp, pid, Server};
 
@@ -121,20 +121,7 @@ impl Server {
             let timeout = respawn_at.map_or(-1, |t| {
                 t.saturating_duration_since(Instant::now()).as_millis() as i32
             });
-            let mut fds = vec![libc::pollfd {
-                fd: rd,
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            if watch_stdin {
-                fds.push(libc::pollfd {
-                    fd: 0,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-            // SAFETY: poll on our own array.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
+            let fds = poll_ready(rd, watch_stdin, &[], timeout);
             let mut stop_now = false;
             for sig in drain(rd) {
                 if sig != libc::SIGCHLD {

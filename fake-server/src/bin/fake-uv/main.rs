@@ -52,6 +52,9 @@
 mod call;
 mod layout;
 mod request;
+#[allow(dead_code)]
+#[path = "../../util.rs"]
+mod util;
 
 use std::fs;
 use std::path::PathBuf;
