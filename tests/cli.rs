@@ -354,8 +354,8 @@ fn a_failing_upgrade_does_the_same_with_stdout_and_stderr_full() {
     // The failure paths print uv's stderr; a write error there must not
     // panic past the discard or the rollback, or change the outcome.
     for (mode, version) in [
-        ("no-such-version", "99.99.99"),
-        ("fail-install", "0.6.12"),
+        ("unresolvable", "99.99.99"),
+        ("fail:2:error: install exploded", "0.6.12"),
         ("broken-entry", "0.6.12"),
         ("dangling-entry", "0.6.12"),
     ] {
@@ -365,7 +365,7 @@ fn a_failing_upgrade_does_the_same_with_stdout_and_stderr_full() {
             let server = sb.server("s", &[]);
             let before = sb.installation();
             let mut cmd = sb.upgrader_std();
-            cmd.env("FAKE_UV_MODE", mode)
+            cmd.env("FAKE_UV_BEHAVIOR", mode)
                 .args(["-y", "--version", version]);
             let (code, stderr) = run_to(cmd, out, err);
             assert_ne!(code, 101, "{mode} {out:?}: {stderr}");

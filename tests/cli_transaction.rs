@@ -31,7 +31,7 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     assert!(!server.alive());
     assert!(!exists(&server.pid_file()));
     assert!(server.events().contains("\"signal\":\"SIGTERM\""));
-    // One uv call, into a staging dir (the stand-in refuses any other).
+    // One uv call, into a staging dir (fake-uv refuses any other: FAKE_UV_STAGE_ONLY).
     assert_eq!(
         sb.uv_installs(),
         ["tool install --refresh-package memtomem memtomem==0.6.12"]
@@ -53,7 +53,7 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     );
     let script = fs::read_to_string(sb.env_dir().join("bin/memtomem-server")).unwrap();
     assert!(
-        script.contains(&format!("for {}/bin/python", sb.env_dir().display())),
+        script.contains(&format!("# python: {}/bin/python", sb.env_dir().display())),
         "{script}"
     );
     for (path, what) in sb.installation() {
@@ -69,7 +69,7 @@ fn one_server_is_stopped_its_pid_file_removed_and_memtomem_reinstalled() {
     assert!(!exists(&sb.work_dir()), "the staging dir is gone");
 }
 
-/// `mm-upgrade -y --json ARGS` with the stand-in uv in `mode`, one live
+/// `mm-upgrade -y --json ARGS` with fake-uv's `FAKE_UV_BEHAVIOR` `mode`, one live
 /// server, exit `code`; checks what every failure before the stop must
 /// leave: the server untouched (alive, its pid file, never signalled), the
 /// installation byte for byte as it was, no staging dir. Returns the JSON
@@ -80,7 +80,10 @@ fn fails_before_any_stop(mode: &str, args: &[&str], code: i32) -> (serde_json::V
     let before = sb.installation();
     let mut argv = vec!["-y", "--json"];
     argv.extend_from_slice(args);
-    let doc = json_run(sb.upgrader().env("FAKE_UV_MODE", mode).args(&argv), code);
+    let doc = json_run(
+        sb.upgrader().env("FAKE_UV_BEHAVIOR", mode).args(&argv),
+        code,
+    );
     let case = format!("{mode} {args:?}");
     assert!(server.alive(), "{case}: {doc}");
     assert!(exists(&server.pid_file()), "{case}");
@@ -100,13 +103,17 @@ fn fails_before_any_stop(mode: &str, args: &[&str], code: i32) -> (serde_json::V
 
 #[test]
 fn a_version_that_cannot_be_staged_leaves_the_server_running() {
-    let (doc, _) = fails_before_any_stop("no-such-version", &["--version", "99.99.99"], 5);
+    let (doc, _) = fails_before_any_stop("unresolvable", &["--version", "99.99.99"], 5);
     assert!(doc["stderr"].as_str().unwrap().contains("99.99.99"));
 }
 
 #[test]
 fn a_failed_staging_stops_nothing_and_leaves_the_installation_as_it_was() {
-    let (doc, sb) = fails_before_any_stop("fail-install", &["--version", "0.6.12"], 5);
+    let (doc, sb) = fails_before_any_stop(
+        "fail:2:error: install exploded",
+        &["--version", "0.6.12"],
+        5,
+    );
     let err = doc["error"].as_str().unwrap();
     assert!(
         err.contains("cannot install memtomem[all]==0.6.12"),
@@ -140,12 +147,9 @@ fn a_new_environment_that_fails_its_check_in_place_is_exchanged_back() {
     let server = sb.server("s", &[]);
     let before = sb.installation();
     let doc = json_run(
-        sb.upgrader().env("FAKE_UV_MODE", "dangling-entry").args([
-            "-y",
-            "--json",
-            "--version",
-            "0.6.12",
-        ]),
+        sb.upgrader()
+            .env("FAKE_UV_BEHAVIOR", "dangling-entry")
+            .args(["-y", "--json", "--version", "0.6.12"]),
         5,
     );
     let err = doc["error"].as_str().unwrap();
@@ -156,14 +160,20 @@ fn a_new_environment_that_fails_its_check_in_place_is_exchanged_back() {
     assert!(!server.alive());
     // The old env is back at its path (the same inode), and so are the links.
     assert_eq!(sb.installation(), before);
-    assert!(!exists(&sb.path("bin/mm")));
+    // The old `mm` link is back and resolves into the old environment: the
+    // new one never wrote it.
+    assert_eq!(
+        fs::read_link(sb.path("bin/mm")).unwrap(),
+        sb.env_dir().join("bin/mm")
+    );
+    assert!(exists(&sb.env_dir().join("bin/mm")));
     assert!(!exists(&sb.work_dir()));
 }
 
 #[test]
 fn a_staging_that_outlasts_the_uv_timeout_stops_nothing() {
     let args = ["--uv-timeout", "200ms", "--version", "0.6.12"];
-    let (doc, _) = fails_before_any_stop("slow-install", &args, 5);
+    let (doc, _) = fails_before_any_stop("sleep:1000", &args, 5);
     assert!(
         doc["error"].as_str().unwrap().contains("timed out"),
         "{doc}"
@@ -233,7 +243,7 @@ fn a_hostile_receipt_is_refused_before_uv_runs() {
 fn uv_failure_is_reported_with_its_stderr() {
     let sb = Sandbox::new();
     sb.upgrader()
-        .env("FAKE_UV_MODE", "fail-install")
+        .env("FAKE_UV_BEHAVIOR", "fail:2:error: install exploded")
         .args(["-y", "--version", "0.6.12"])
         .assert()
         .code(5)
@@ -320,7 +330,7 @@ fn spawn_upgrader(sb: &Sandbox, mode: &str) -> Upgrader {
     use std::os::unix::process::CommandExt;
     let mut std_cmd = sb.upgrader_std();
     std_cmd
-        .env("FAKE_UV_MODE", mode)
+        .env("FAKE_UV_BEHAVIOR", mode)
         .args(["-y", "--json", "--version", "0.6.12"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -340,9 +350,9 @@ fn ctrl_c_while_staging_stops_uv_and_changes_nothing() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     let before = sb.installation();
-    let up = spawn_upgrader(&sb, "hang-install");
+    let up = spawn_upgrader(&sb, "hang-half-written");
     // uv has written half an env into the staging dir and hangs.
-    common::wait_for("the staging call", || exists(&sb.path("uv.hanging")));
+    common::wait_for("the staging call", || sb.uv_hanging_pid().is_some());
     assert!(exists(&sb.work_dir()));
     unsafe { libc::kill(up.0.id() as i32, libc::SIGINT) };
     let (code, doc) = finish(up);
@@ -371,15 +381,9 @@ fn a_killed_upgrader_takes_its_uv_along_and_the_next_run_cleans_the_staging() {
     let sb = Sandbox::new();
     let server = sb.server("s", &[]);
     let before = sb.installation();
-    let up = spawn_upgrader(&sb, "hang-install");
-    common::wait_for("the staging call", || {
-        fs::read_to_string(sb.path("uv.hanging")).is_ok_and(|t| t.ends_with('\n'))
-    });
-    let uv_pid: i32 = fs::read_to_string(sb.path("uv.hanging"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let up = spawn_upgrader(&sb, "hang-half-written");
+    common::wait_for("the staging call", || sb.uv_hanging_pid().is_some());
+    let uv_pid = sb.uv_hanging_pid().unwrap();
     assert!(common::alive(uv_pid));
     unsafe { libc::kill(up.0.id() as i32, libc::SIGKILL) };
     let (code, _) = finish_killed(up);
@@ -411,7 +415,7 @@ fn ctrl_c_during_the_stop_and_switch_is_held_until_the_upgrade_is_done() {
     // On SIGTERM it stays up (and locked) for a while: the window in which
     // the interrupt arrives.
     let server = sb.server("s", &["--mode", "slow-shutdown=1500"]);
-    let up = spawn_upgrader(&sb, "ok");
+    let up = spawn_upgrader(&sb, "succeed");
     common::wait_for("the server to be signalled", || {
         server.events().contains("\"signal\":\"SIGTERM\"")
     });
@@ -439,7 +443,7 @@ fn staging_keeps_the_receipts_python_and_with_requirements() {
     // What `uv tool install --python /x/python3.12 --with packaging
     // memtomem[all]` recorded.
     sb.edit_receipt(
-        "requirements = [\n    { name = \"memtomem\", extras = [\"all\"] },\n]\n",
+        "requirements = [{ name = \"memtomem\", extras = [\"all\"] }]\n",
         "requirements = [\n    { name = \"memtomem\", extras = [\"all\"] },\n    { name = \"packaging\" },\n]\npython = \"/x/python3.12\"\n",
     );
     let server = sb.server("s", &[]);

@@ -1,5 +1,5 @@
-//! Shared test support: a sandbox (HOME, runtime dir, uv tool dirs, a
-//! stand-in uv) and fake servers in process groups owned by the test,
+//! Shared test support: a sandbox (HOME, runtime dir, uv tool dirs, fake-uv
+//! as uv) and fake servers in process groups owned by the test,
 //! killed and reaped on drop, panic included.
 #![allow(dead_code)]
 
@@ -14,152 +14,31 @@ use std::time::{Duration, Instant};
 
 use assert_fs::TempDir;
 
-/// The workspace's fake-server binary (built by `cargo test --workspace`;
-/// built on demand when a single test target runs).
-pub fn fake_server_bin() -> PathBuf {
+/// A binary of the fake-server package, next to mm-upgrade (built by `cargo test
+/// --workspace`; built on demand when a single test target runs).
+fn fake_server_package_bin(name: &str) -> PathBuf {
     let mm = PathBuf::from(env!("CARGO_BIN_EXE_mm-upgrade"));
-    let bin = mm.with_file_name("fake-server");
+    let bin = mm.with_file_name(name);
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "fake-server", "--bin", "fake-server"])
+            .args(["build", "-q", "-p", "fake-server", "--bin", name])
             .status()
-            .expect("cargo build fake-server");
-        assert!(status.success(), "building fake-server failed");
+            .unwrap_or_else(|e| panic!("cargo build {name}: {e}"));
+        assert!(status.success(), "building {name} failed");
     }
     bin
 }
 
-/// A stand-in for uv (`/bin/sh`), recording each call in `$SANDBOX/uv.log`.
-///
-/// `uv tool dir [--bin]` names the sandbox's dirs. `uv tool install [OPTS]
-/// [--python P] [--with R]... SPEC` builds what real uv builds in
-/// `$UV_TOOL_DIR/memtomem`: a `memtomem-V.dist-info` (V from `==V` in SPEC,
-/// else `$FAKE_UV_LATEST`, else 0.6.12), `bin/python` (answers mm-upgrade's
-/// metadata probe), `bin/memtomem-server` (answers one MCP `initialize`; a
-/// comment names the env's interpreter by its absolute path, as a console
-/// script's shebang does, so relocation has something to rewrite), the
-/// receipt (`[tool] requirements` with SPEC's extras and the `--with`s,
-/// `python`, `entrypoints` in `$UV_TOOL_BIN_DIR`) and the entry-point link in
-/// `$UV_TOOL_BIN_DIR`. It installs only into a staging dir (`*/.mm-upgrade/*`):
-/// mm-upgrade never lets uv touch the installation itself. `FAKE_UV_SEED`
-/// lifts that (and the log) for the sandbox's initial installation.
-///
-/// `FAKE_UV_MODE`: `ok` (default); `fail-install` (exit 2, "error: install
-/// exploded"); `no-such-version` (exit 1, "error: no version of SPEC");
-/// `hang-install` (half an env, its pid in `$SANDBOX/uv.hanging`, then sleeps);
-/// `slow-install` (1 s, then ok); `broken-python` (the interpreter exits 1);
-/// `broken-entry` (the server exits 1 instead of answering); `dangling-entry`
-/// (the receipt names an entry point `mm` uv never wrote).
-const UV_SCRIPT: &str = r#"#!/bin/sh
-[ -n "$FAKE_UV_SEED" ] || printf '%s\n' "$*" >> "$SANDBOX/uv.log"
-if [ "$1 $2" = "tool dir" ]; then
-  if [ "$3" = "--bin" ]; then echo "$SANDBOX/bin"; else echo "${UV_TOOL_DIR:-$SANDBOX/tools}"; fi
-  exit 0
-fi
-if [ "$1 $2" != "tool install" ]; then
-  echo "error: the stand-in uv does not know \`uv $*\`" >&2
-  exit 2
-fi
-case "$UV_TOOL_DIR" in
-  */.mm-upgrade/*) ;;
-  *) if [ -z "$FAKE_UV_SEED" ]; then
-       echo "error: uv tool install into $UV_TOOL_DIR, not a staging dir" >&2
-       exit 2
-     fi ;;
-esac
-shift 2
-python=
-withs=
-spec=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --python) python=$2; shift 2 ;;
-    --with) withs="$withs$2
-"; shift 2 ;;
-    --refresh-package|--index|--default-index|--find-links|--index-strategy|--prerelease|--resolution|--exclude-newer|--link-mode|--keyring-provider) shift 2 ;;
-    -*) shift ;;
-    *) spec=$1; shift ;;
-  esac
-done
-mode="${FAKE_UV_MODE:-ok}"
-env="$UV_TOOL_DIR/memtomem"
-bin="$UV_TOOL_BIN_DIR"
-case "$mode" in
-  fail-install) echo "error: install exploded" >&2; exit 2 ;;
-  no-such-version) echo "error: no version of $spec" >&2; exit 1 ;;
-  hang-install)
-    # Half-written, then stuck: the staging dir is not empty when it goes.
-    mkdir -p "$env/lib/python3.12/site-packages"
-    echo $$ > "$SANDBOX/uv.hanging"
-    exec sleep 60 ;;
-  slow-install) sleep 1 ;;
-esac
-# name[extras]specifier -> uv's inline table
-req_toml() {
-  n=$(printf '%s' "$1" | sed 's/[^A-Za-z0-9._-].*//')
-  rest=${1#"$n"}
-  x=
-  case "$rest" in
-    \[*) x=${rest%%]*}; x=${x#\[}; rest=${rest#*]} ;;
-  esac
-  t="{ name = \"$n\""
-  if [ -n "$x" ]; then
-    t="$t, extras = [$(printf '%s' "$x" | sed 's/ //g; s/[^,][^,]*/"&"/g; s/,/, /g')]"
-  fi
-  if [ -n "$rest" ]; then t="$t, specifier = \"$rest\""; fi
-  printf '%s }' "$t"
+/// The workspace's fake-server binary.
+pub fn fake_server_bin() -> PathBuf {
+    fake_server_package_bin("fake-server")
 }
-pin=$(printf '%s' "$spec" | sed -n 's/^[^=]*==\([A-Za-z0-9.+!]*\)$/\1/p')
-version=${pin:-${FAKE_UV_LATEST:-0.6.12}}
-rm -rf "$env"
-mkdir -p "$env/bin" "$env/lib/python3.12/site-packages/memtomem-$version.dist-info" "$bin"
-printf 'Metadata-Version: 2.4\nName: memtomem\nVersion: %s\n' "$version" \
-  > "$env/lib/python3.12/site-packages/memtomem-$version.dist-info/METADATA"
-if [ "$mode" = broken-python ]; then
-  printf '#!/bin/sh\necho "python: error while loading shared libraries" >&2\nexit 1\n' > "$env/bin/python"
-else
-  cat > "$env/bin/python" <<EOF
-#!/bin/sh
-# The interpreter of memtomem $version (a stand-in): \`-I -c PROBE\` prints
-# what memtomem's metadata says, \`-I -m compileall ...\` compiles nothing.
-case " \$* " in *" -m compileall "*) exit 0 ;; esac
-echo '{"version": "$version", "missing": [], "schema": null}'
-EOF
-fi
-if [ "$mode" = broken-entry ]; then
-  cat > "$env/bin/memtomem-server" <<EOF
-#!/bin/sh
-# console script of memtomem $version, for $env/bin/python
-echo "ImportError: cannot import name 'main' from 'memtomem.server'" >&2
-exit 1
-EOF
-else
-  cat > "$env/bin/memtomem-server" <<EOF
-#!/bin/sh
-# console script of memtomem $version, for $env/bin/python
-IFS= read -r request || exit 1
-echo '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"memtomem","version":"$version"}}}'
-EOF
-fi
-chmod +x "$env/bin/python" "$env/bin/memtomem-server"
-{
-  echo '[tool]'
-  echo 'requirements = ['
-  echo "    $(req_toml "$spec"),"
-  printf '%s' "$withs" | while IFS= read -r w; do echo "    $(req_toml "$w"),"; done
-  echo ']'
-  if [ -n "$python" ]; then echo "python = \"$python\""; fi
-  echo 'entrypoints = ['
-  echo "    { name = \"memtomem-server\", install-path = \"$bin/memtomem-server\", from = \"memtomem\" },"
-  if [ "$mode" = dangling-entry ]; then
-    # An entry point uv names but never wrote.
-    echo "    { name = \"mm\", install-path = \"$bin/mm\", from = \"memtomem\" },"
-  fi
-  echo ']'
-} > "$env/uv-receipt.toml"
-ln -sfn "$env/bin/memtomem-server" "$bin/memtomem-server"
-exit 0
-"#;
+
+/// The workspace's fake-uv (the uv stand-in of the scenario suite too: one fake uv, one
+/// behaviour language, `FAKE_UV_BEHAVIOR`; see fake-server/src/bin/fake-uv/main.rs).
+pub fn fake_uv_bin() -> PathBuf {
+    fake_server_package_bin("fake-uv")
+}
 
 /// The sandbox's uv dirs: `tools` (`uv tool dir`), `bin` (`uv tool dir --bin`).
 pub struct Sandbox {
@@ -174,22 +53,20 @@ impl Sandbox {
         }
         fs::set_permissions(dir.path().join("rt"), fs::Permissions::from_mode(0o700)).unwrap();
         let uv = dir.path().join("uv");
-        fs::write(&uv, UV_SCRIPT).unwrap();
-        fs::set_permissions(&uv, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(fake_uv_bin(), &uv).unwrap();
         // The installed "old" memtomem, made as uv makes one (`uv tool
         // install memtomem[all]` when 0.6.11 was the latest): the env, its
-        // receipt naming the entry point in `bin`, the link there.
-        // Through sh, not exec: another test thread forking while the script
-        // was still open for writing would make an exec fail (ETXTBSY).
-        let seed = Command::new("/bin/sh")
-            .arg(&uv)
+        // receipt naming the entry points in `bin`, the links there. An
+        // install call, unlogged: not one of mm-upgrade's calls.
+        let seed = Command::new(&uv)
             .args(["tool", "install", "memtomem[all]"])
-            .env("SANDBOX", dir.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", dir.path().join("home"))
             .env("UV_TOOL_DIR", dir.path().join("tools"))
             .env("UV_TOOL_BIN_DIR", dir.path().join("bin"))
-            .env("FAKE_UV_SEED", "1")
+            .env("FAKE_UV_SERVER_BIN", fake_server_bin())
             .env("FAKE_UV_LATEST", "0.6.11")
-            .env_remove("FAKE_UV_MODE")
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -217,23 +94,68 @@ impl Sandbox {
     }
 
     /// The same, as a plain `std::process::Command` (for tests that signal it).
+    ///
+    /// uv is fake-uv: `uv tool dir [--bin]` names the sandbox's `tools` and `bin`; every
+    /// call is logged in `uv.log`; a `tool install` anywhere but a staging dir
+    /// (`tools/.mm-upgrade/*`) fails (`FAKE_UV_STAGE_ONLY`): mm-upgrade never lets uv
+    /// touch the installation itself. An unpinned request resolves to 0.6.12; the
+    /// installed `memtomem-server` is fake-server reporting the installed version.
+    /// Tests set `FAKE_UV_BEHAVIOR` for a failing or hanging uv.
     pub fn upgrader_std(&self) -> Command {
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("mm-upgrade"));
         c.env("HOME", self.path("home"))
             .env("MM_UPGRADE_RUNTIME_DIR", self.rt())
             .env("MM_UPGRADE_UV", self.path("uv"))
-            .env("SANDBOX", self.dir.path())
             .env("UV_TOOL_DIR", self.path("tools"))
+            .env("XDG_BIN_HOME", self.path("bin"))
+            .env("FAKE_UV_TOOL_DIR", self.path("tools"))
+            .env("FAKE_UV_LOG", self.path("uv.log"))
+            .env("FAKE_UV_STAGE_ONLY", "1")
+            .env("FAKE_UV_SERVER_BIN", fake_server_bin())
+            .env("FAKE_UV_LATEST", "0.6.12")
             .env_remove("UV_TOOL_BIN_DIR")
-            .env_remove("FAKE_UV_MODE")
-            .env_remove("FAKE_UV_SEED")
-            .env_remove("FAKE_UV_LATEST")
+            .env_remove("XDG_DATA_HOME")
             .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH");
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            let ours = [
+                "FAKE_UV_TOOL_DIR",
+                "FAKE_UV_LOG",
+                "FAKE_UV_STAGE_ONLY",
+                "FAKE_UV_SERVER_BIN",
+                "FAKE_UV_LATEST",
+            ];
+            if k.starts_with("FAKE_UV_") && !ours.contains(&k.as_ref()) {
+                c.env_remove(k.as_ref());
+            }
+        }
         c
     }
 
+    /// fake-uv's log: one JSON object per call.
+    pub fn uv_calls(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.path("uv.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The uv calls so far, one line each: the argv after `uv`, space-separated.
     pub fn uv_log(&self) -> String {
-        fs::read_to_string(self.path("uv.log")).unwrap_or_default()
+        self.uv_calls()
+            .iter()
+            .map(|c| {
+                let argv: Vec<&str> = c["argv"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .skip(1)
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                format!("{}\n", argv.join(" "))
+            })
+            .collect()
     }
 
     /// The `uv tool install` calls so far (argv after `uv`, one per line).
@@ -243,6 +165,15 @@ impl Sandbox {
             .filter(|l| l.starts_with("tool install"))
             .map(str::to_string)
             .collect()
+    }
+
+    /// The pid of a uv call that hangs (`FAKE_UV_BEHAVIOR=hang…`), once it hangs.
+    pub fn uv_hanging_pid(&self) -> Option<i32> {
+        self.uv_calls()
+            .iter()
+            .find(|c| c["note"] == "hanging")
+            .and_then(|c| c["pid"].as_i64())
+            .map(|p| p as i32)
     }
 
     /// uv's environment of memtomem.
