@@ -23,6 +23,7 @@ pub mod interrupt;
 pub mod paths;
 pub mod pidfile;
 pub mod plan;
+pub mod platform;
 pub mod proof;
 pub mod receipt;
 pub mod recover;

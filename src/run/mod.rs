@@ -49,7 +49,9 @@ fn pipeline(cx: &mut Ctx) -> Result<u8, u8> {
             return Ok(up_to_date(cx, have));
         }
     }
-    let inv = cx.inventory("initial");
+    let mut inv = cx.inventory("initial");
+    // Windows: nothing can be stopped, so a live server refuses the run.
+    crate::platform::gate(&mut inv, crate::platform::Termination::this_os());
     let plan = plan::plan(&inv, r.main_req.pep508(), r.argv.clone(), s.skip_pkill);
     render_plan(
         cx,
