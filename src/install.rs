@@ -294,7 +294,13 @@ pub fn parse_extras_flag(s: &str) -> Vec<String> {
 
 /// The installed version, from `<tool dir>/memtomem/lib/python*/site-packages/memtomem-<V>.dist-info`.
 pub fn installed_version(tool_dir: &Path) -> Option<String> {
-    let lib = tool_dir.join(PACKAGE).join("lib");
+    env_version(&tool_dir.join(PACKAGE))
+}
+
+/// The memtomem version of a Python environment (a venv root), from its
+/// `lib/python*/site-packages/memtomem-<V>.dist-info`; nothing is run.
+pub fn env_version(env: &Path) -> Option<String> {
+    let lib = env.join("lib");
     for py in fs::read_dir(&lib).ok()?.flatten() {
         let site = py.path().join("site-packages");
         let Ok(entries) = fs::read_dir(&site) else {

@@ -17,6 +17,8 @@ pub mod dblock;
 pub mod discover;
 pub mod error;
 pub mod exit;
+pub mod foreign;
+pub mod hostconfig;
 pub mod hosts;
 pub mod install;
 pub mod interrupt;
