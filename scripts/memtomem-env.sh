@@ -4,6 +4,7 @@
 #   - a uv cache dir, warmed for memtomem 0.6.11 and 0.6.12, so that test
 #     installs can run with `uv tool install --offline`;
 #   - the Python 3.12 interpreter uv must use (pyenv's; never downloaded).
+#   - pytest (pinned below) in the same cache, for tests/pytest_plugin.rs.
 #
 # Nothing is installed into ~/.local: warming uses throwaway UV_TOOL_DIR /
 # UV_TOOL_BIN_DIR dirs and a throwaway HOME, removed afterwards.
@@ -29,7 +30,7 @@ VERIFY=0
 case "${1:-}" in
   --verify) VERIFY=1 ;;
   "") ;;
-  -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "memtomem-env: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac
 
@@ -130,6 +131,18 @@ for v in $VERSIONS; do
   fi
 done
 
+# pytest, for the fake-server pytest plugin's test (tests/pytest_plugin.rs),
+# which installs it --offline beside memtomem in a scratch venv.
+PYTEST_PIN=9.2.0
+stamp=$CACHE/warm-pytest-$PYTEST_PIN.uv-$UV_PIN.ok
+if [[ ! -f "$stamp" ]]; then
+  log "warming uv cache for pytest==$PYTEST_PIN"
+  "$UV" venv -q "$scratch/pytest" >&2 \
+    && "$UV" pip install -q --python "$scratch/pytest/bin/python" "pytest==$PYTEST_PIN" >&2 \
+    || die "uv pip install pytest==$PYTEST_PIN failed (is PyPI reachable?)"
+  touch "$stamp"
+fi
+
 # ---- the environment a test needs ---------------------------------------
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 envfile=$CACHE/env.sh
@@ -140,6 +153,7 @@ envfile=$CACHE/env.sh
   printf 'export MM_TEST_UV_VERSION=%q\n' "$UV_PIN"
   printf 'export MM_TEST_INSTALL_MEMTOMEM=%q\n' "$HERE/install-memtomem.sh"
   printf 'export MM_TEST_MEMTOMEM_VERSIONS=%q\n' "$VERSIONS"
+  printf 'export MM_TEST_PYTEST_VERSION=%q\n' "$PYTEST_PIN"
   printf 'export UV_CACHE_DIR=%q\n' "$UV_CACHE_DIR"
   printf 'export UV_PYTHON=%q\n' "$UV_PYTHON"
   printf 'export UV_PYTHON_DOWNLOADS=never\n'

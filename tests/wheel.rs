@@ -5,6 +5,8 @@
 
 #[path = "common/testenv.rs"]
 mod testenv;
+#[path = "common/wheel.rs"]
+mod wheel;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,39 +16,7 @@ fn wheel_installs_with_uv_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("dist");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    // Reuse the test build's target dir: the dev profile is already compiled.
-    let target = PathBuf::from(env!("CARGO_BIN_EXE_mm-upgrade"))
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let status = testenv::apply(&mut Command::new(testenv::uv()))
-        .args([
-            "tool",
-            "run",
-            "--from",
-            "maturin>=1.5,<2",
-            "maturin",
-            "build",
-            "--profile",
-            "dev",
-            "--quiet",
-            "--out",
-        ])
-        .arg(&out)
-        .arg("--manifest-path")
-        .arg(root.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .unwrap();
-    assert!(status.success(), "maturin build failed: {status}");
-    let wheel = std::fs::read_dir(&out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .expect("a wheel");
+    let wheel = wheel::build(&root.join("Cargo.toml"), &out);
     let name = wheel.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
         name.starts_with("mm_upgrade-") && name.contains("-py3-none-"),
