@@ -179,8 +179,10 @@ pub fn run(common: &Common) -> u8 {
     });
     let installed_at = install.env_dir.as_deref().and_then(install_time);
     let version = install.tool_dir().and_then(install::installed_version);
-    let (procs, stale_count) =
+    let (mut procs, stale_count) =
         processes_in(sys::real(), &inv, installed_at, install.env_dir.as_deref());
+    let hosts = crate::hosts::view::survey_inventory(sys::real(), &inv);
+    crate::hosts::view::annotate(&mut procs, &hosts);
     let problems = inv.all_problems();
     let db = env.store_path();
     let writer = db.as_deref().and_then(crate::dblock::write_lock_holder);
@@ -190,7 +192,7 @@ pub fn run(common: &Common) -> u8 {
         exit::OK
     };
     if common.json {
-        let doc = json!({
+        let mut doc = json!({
             "processes": procs,
             "stale": stale_count,
             "installed_version": version,
@@ -200,6 +202,14 @@ pub fn run(common: &Common) -> u8 {
             "warnings": warnings,
             "exit_code": code,
         });
+        // Ours after the original keys, `warnings` and `exit_code` last.
+        if let Some(m) = doc.as_object_mut() {
+            let tail = [m.shift_remove("warnings"), m.shift_remove("exit_code")];
+            m.extend(crate::hosts::view::doc_fields(&hosts).map(|(k, v)| (k.to_string(), v)));
+            for (k, v) in ["warnings", "exit_code"].into_iter().zip(tail) {
+                m.insert(k.into(), v.unwrap_or_default());
+            }
+        }
         crate::ui::outln!("{}", crate::ui::python_json(&doc));
     } else {
         crate::ui::outln!(
@@ -224,6 +234,15 @@ pub fn run(common: &Common) -> u8 {
             for e in p["evidence"].as_array().into_iter().flatten() {
                 crate::ui::outln!("      {}", e.as_str().unwrap_or(""));
             }
+            if let Some(l) = p["pid"]
+                .as_i64()
+                .and_then(|pid| crate::hosts::view::process_line(&hosts, pid))
+            {
+                crate::ui::outln!("      {l}");
+            }
+        }
+        for l in crate::hosts::view::summary_lines(&hosts) {
+            crate::ui::outln!("{l}");
         }
         if let (Some(pid), Some(db)) = (writer, &db) {
             crate::ui::outln!("The store {} is write-locked by pid {pid}.", db.display());

@@ -9,6 +9,7 @@
 //! Only the process table is read (through [`crate::sys::Processes`]);
 //! nothing here prints ([`words`] renders, the CLI prints) or signals.
 
+pub mod view;
 pub mod words;
 
 #[cfg(test)]
@@ -381,21 +382,34 @@ pub fn group(launches: &[(Pid, &Launch)]) -> Vec<Client> {
 /// launchers may exit with it, and the chain with them).
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
-    seen: Vec<(Pid, Launch)>,
+    /// (server, its start time, its launch)
+    seen: Vec<(Pid, u64, Launch)>,
 }
 
 impl Ledger {
     /// Note the launch of each of `pids` not noted yet.
     pub fn note(&mut self, os: &dyn Processes, pids: impl IntoIterator<Item = Pid>) {
         for pid in pids {
-            if !self.seen.iter().any(|(p, _)| *p == pid) {
-                self.seen.push((pid, launch_of(os, pid)));
+            if !self.seen.iter().any(|(p, _, _)| *p == pid) {
+                let start = os.stat(pid).map_or(0, |s| s.start_ticks);
+                self.seen.push((pid, start, launch_of(os, pid)));
             }
         }
     }
 
     pub fn launch(&self, pid: Pid) -> Option<&Launch> {
-        self.seen.iter().find(|(p, _)| *p == pid).map(|(_, l)| l)
+        self.seen
+            .iter()
+            .find(|(p, _, _)| *p == pid)
+            .map(|(_, _, l)| l)
+    }
+
+    /// Did `host` start a server at or after `since` that we stopped too
+    /// (a host that respawns its servers)?
+    pub fn respawned_since(&self, host: Pid, since: u64) -> bool {
+        self.seen
+            .iter()
+            .any(|(_, start, l)| *start >= since && l.host.as_ref().is_some_and(|h| h.pid == host))
     }
 
     /// The hosts of the servers among `stopped`, grouped.

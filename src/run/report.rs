@@ -29,6 +29,10 @@ pub(super) struct Progress {
     /// Parents of the stopped servers (their MCP hosts): a child they
     /// start during the upgrade is a respawn.
     pub(super) launchers: Vec<Pid>,
+    /// Who launched each server we stop, noted before its stop.
+    pub(super) hosts: crate::hosts::Ledger,
+    /// The hosts of the stopped servers, once the upgrade is done.
+    pub(super) clients: Vec<crate::hosts::Client>,
 }
 
 impl Progress {
@@ -120,6 +124,8 @@ impl Ctx<'_> {
             self.doc.insert("killed".into(), json!(p.killed()));
             self.doc.insert("removed".into(), p.removed_json());
             self.doc.insert("stops".into(), json!(p.records));
+            self.doc
+                .insert("clients".into(), json!(p.hosts.clients(&p.killed())));
         }
         if !self.ui.json {
             crate::ui::errln!("error: {msg}");
@@ -226,6 +232,13 @@ pub(super) fn render_plan(
         for e in &i.evidence {
             lines.push(format!("      evidence: {e}"));
         }
+        if let Some(pid) = i.pid {
+            let launch = crate::hosts::launch_of(crate::sys::real(), pid);
+            lines.push(format!(
+                "      {}",
+                crate::hosts::words::status_launch(&launch)
+            ));
+        }
     }
     if !plan.stops.is_empty() {
         lines.push(format!(
@@ -321,6 +334,10 @@ pub(super) fn dry_run(
     d.insert("extras".into(), json!(extras));
     d.insert("version".into(), json!(cx.s.version));
     d.insert("processes".into(), json!(inv.instances));
+    let mut ledger = crate::hosts::Ledger::default();
+    let would: Vec<Pid> = plan.stops.iter().filter_map(|i| i.pid).collect();
+    ledger.note(crate::sys::real(), would.iter().copied());
+    d.insert("clients".into(), json!(ledger.clients(&would)));
     if !plan.kept.is_empty() {
         d.insert(
             "would_keep".into(),
@@ -393,6 +410,7 @@ pub(super) fn success(
     d.insert("db_lock_warning".into(), json!(db_holder.is_some()));
     d.insert("cleanup_complete".into(), json!(true));
     d.insert("stops".into(), json!(progress.records));
+    d.insert("clients".into(), json!(progress.clients));
     if s.skip_pkill {
         d.insert(
             "kept".into(),
@@ -417,10 +435,8 @@ pub(super) fn success(
         "Installed memtomem {from}{version} ({}){window}.",
         plan.spec
     ));
-    if !killed.is_empty() {
-        cx.ui.say(
-            "MCP hosts start the new version when they restart memtomem; a host that does not respawn its servers needs a reconnect (e.g. `/mcp` in Claude Code).",
-        );
+    for line in crate::hosts::words::upgrade_lines(&progress.clients) {
+        cx.ui.say(line);
     }
     cx.finish(crate::exit::OK)
 }
