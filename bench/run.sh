@@ -6,8 +6,12 @@
 #   --real-runs N  real-uv runs each (default 5; 0 skips the real install rows)
 #   --mcp-runs N   respawning-MCP-host runs each (default 5; 0 skips them)
 #   --no-write     print the block only; do not update BENCHMARKS.md
-#   --rows LIST    only these synthetic rows: cooperative,ignore-sigterm,zombie,eight,discovery
-#                  (`--rows none`: no synthetic row)
+#   --rows LIST    only these synthetic rows: cooperative,ignore-sigterm,zombie,eight,discovery,
+#                  many,many-stores (`--rows none`: no synthetic row)
+#
+# The 88-server rows (many, many-stores; bench/many.py) have a generated block of their own
+# in BENCHMARKS.md. Only them, in about 2 minutes:
+#   bash bench/run.sh --rows many,many-stores --real-runs 0 --mcp-runs 0 --runs 5
 #
 # Builds the release binaries (mm-upgrade, fake-server, fake-uv), prepares uv + a warm
 # cache (scripts/memtomem-env.sh), then runs bench/bench.py, which installs memtomem into
