@@ -53,6 +53,8 @@ pub struct Ui {
     pub json: bool,
     events: Option<Box<dyn Write>>,
     epoch: std::time::Instant,
+    /// The steps as they run, on a terminal only (src/progress.rs).
+    steps: crate::progress::Steps,
 }
 
 impl Ui {
@@ -68,27 +70,56 @@ impl Ui {
                     .map(|f: File| f)?,
             )),
         };
+        let epoch = std::time::Instant::now();
         Ok(Ui {
             json,
             events,
-            epoch: std::time::Instant::now(),
+            epoch,
+            steps: crate::progress::Steps::new(json, epoch),
         })
     }
 
     /// A line of human output (suppressed under `--json`).
     pub fn say(&mut self, line: impl AsRef<str>) {
         if !self.json {
-            let _ = writeln!(io::stdout().lock(), "{}", line.as_ref());
+            let line = line.as_ref();
+            let _ = self
+                .steps
+                .suspend(|| writeln!(io::stdout().lock(), "{line}"));
         }
     }
 
     /// A warning: always on stderr, so `--json` stdout stays one document.
     pub fn warn(&mut self, line: impl AsRef<str>) {
-        let _ = writeln!(io::stderr().lock(), "warning: {}", line.as_ref());
+        let style = anstyle::AnsiColor::Yellow.on_default().bold();
+        let label = crate::progress::paint(crate::progress::colour_on_stderr(), style, "warning:");
+        let line = line.as_ref();
+        let _ = self
+            .steps
+            .suspend(|| writeln!(io::stderr().lock(), "{label} {line}"));
+    }
+
+    /// A slow step of the run begins (a spinner on a terminal; nothing else).
+    pub fn begin(&mut self, what: &str) {
+        self.steps.begin(what);
+    }
+
+    /// The run failed: a step under way is marked failed before the error.
+    pub fn abandon(&mut self) {
+        self.steps.abandon();
+    }
+
+    /// The run is over and `doc` is its report: the closing line on a
+    /// terminal (elapsed time, how long the servers were down).
+    pub fn finished(&mut self, doc: &Map<String, Value>) {
+        self.steps.finish(doc);
     }
 
     /// One JSON-lines progress event.
     pub fn event(&mut self, kind: &str, fields: Value) {
+        if let Value::Object(m) = &fields {
+            self.steps.event(kind, m);
+        }
         let Some(w) = self.events.as_mut() else {
             return;
         };

@@ -112,12 +112,14 @@ impl Ctx<'_> {
                 self.ui.warn(w);
             }
         }
+        self.ui.finished(&doc);
         code
     }
 
     pub(super) fn fail(&mut self, err: UpgradeError, progress: Option<&Progress>) -> u8 {
         let code = err.exit_code();
         let msg = err.to_string();
+        self.ui.abandon();
         self.doc.insert("ok".into(), json!(false));
         self.doc.insert("error".into(), json!(msg));
         if let Some(p) = progress {

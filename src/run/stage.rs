@@ -25,6 +25,7 @@ pub(super) fn stage_and_prove(
     cx.ui.say(format!(
         "Staging {spec} beside the current installation (the running servers keep serving)…"
     ));
+    cx.ui.begin(&format!("Staging {spec} with uv"));
     let mut staged = match txn::stage(layout, uv, argv) {
         Ok(st) => st,
         Err(e) => {

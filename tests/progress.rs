@@ -1,0 +1,280 @@
+//! What a person sees on a terminal: the steps as they run (spinners while
+//! uv stages, a line per step), colour as the terminal and NO_COLOR say, and
+//! the closing line with the elapsed time and the servers' downtime. Run for
+//! real in tmux (a private server, killed on drop); and nothing of it on a
+//! pipe. Fake servers and the stand-in uv, each test in its own sandbox.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::Sandbox;
+
+/// A tmux server of this test alone (its socket in the sandbox), killed on
+/// drop, panic included; its panes inherit the sandbox's environment.
+struct Tmux {
+    sock: PathBuf,
+}
+
+/// The spinner's frames (src/progress.rs).
+const TICKS: &str = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏";
+
+impl Tmux {
+    fn start(sb: &Sandbox, session: &str) -> Tmux {
+        let tmux = Tmux {
+            sock: sb.path("tmux.sock"),
+        };
+        // The server's environment becomes its panes': the sandbox's only
+        // (no NO_COLOR or CLICOLOR_FORCE of whoever runs the tests).
+        let mut cmd = tmux.cmd();
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TERM", "xterm-256color")
+            .env("LANG", "C.UTF-8");
+        for (k, v) in sb.upgrader_std().get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        let out = cmd
+            .args(Self::new_session_args(session))
+            .output()
+            .expect("run tmux");
+        assert!(out.status.success(), "tmux new-session: {out:?}");
+        tmux
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.sock).args(["-f", "/dev/null"]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd().args(args).output().expect("run tmux");
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+        out
+    }
+
+    /// A detached session running `sh`, 200×60 (long lines stay whole).
+    fn new_session_args(session: &str) -> [&str; 9] {
+        [
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            "200",
+            "-y",
+            "60",
+            "sh",
+        ]
+    }
+
+    fn new_session(&self, session: &str) {
+        self.run(&Self::new_session_args(session));
+    }
+
+    /// Type `text` into `session`'s shell, then Enter (as a person would).
+    fn type_line(&self, session: &str, text: &str) {
+        self.run(&["send-keys", "-t", session, "-l", text]);
+        self.run(&["send-keys", "-t", session, "Enter"]);
+    }
+
+    fn keys(&self, session: &str, key: &str) {
+        self.run(&["send-keys", "-t", session, key]);
+    }
+
+    /// The pane's text (wrapped lines joined); with `escapes`, its SGR codes.
+    fn screen(&self, session: &str, escapes: bool) -> String {
+        let mut args = vec!["capture-pane", "-p", "-J", "-t", session];
+        if escapes {
+            args.push("-e");
+        }
+        String::from_utf8_lossy(&self.run(&args).stdout).into_owned()
+    }
+
+    /// Poll the screen until `ready` holds (a deadline, no sleeping on it).
+    fn wait(&self, session: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        let ok = testkit::wait_until(Duration::from_secs(30), || {
+            last = self.screen(session, false);
+            ready(&last)
+        });
+        assert!(ok, "timed out waiting for {what}; the screen:\n{last}");
+        last
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).output();
+    }
+}
+
+/// The lines of `screen` from the last one containing `from` on.
+fn since<'a>(screen: &'a str, from: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = screen.lines().collect();
+    let at = lines.iter().rposition(|l| l.contains(from)).unwrap_or(0);
+    lines[at..].to_vec()
+}
+
+fn position(lines: &[&str], what: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?} in:\n{}", lines.join("\n")))
+}
+
+fn spinner_frame(screen: &str, what: &str) -> Option<char> {
+    screen
+        .lines()
+        .find(|l| l.contains(what))
+        .and_then(|l| l.chars().next())
+        .filter(|c| TICKS.contains(*c))
+}
+
+#[test]
+fn a_terminal_sees_each_step_a_spinner_colour_and_the_closing_line() {
+    let sb = Sandbox::new();
+    let server = sb.server("s", &[]);
+    let mm = assert_cmd::cargo::cargo_bin("mm-upgrade")
+        .display()
+        .to_string();
+    let tmux = Tmux::start(&sb, "t");
+
+    // 1. uv hangs: the staging spinner turns while the servers keep serving;
+    //    Ctrl-C marks that step failed and ends the run (exit 130).
+    tmux.type_line(
+        "t",
+        &format!("FAKE_UV_BEHAVIOR=hang FAKE_UV_MODE=hang-install {mm} -y; echo exit=$?"),
+    );
+    let staging = "Staging memtomem[all] with uv";
+    let first = tmux.wait("t", "the staging spinner", |s| {
+        spinner_frame(s, staging).is_some()
+    });
+    let frame = spinner_frame(&first, staging).unwrap();
+    tmux.wait("t", "the spinner to turn", |s| {
+        spinner_frame(s, staging).is_some_and(|f| f != frame)
+    });
+    assert!(server.alive(), "staging stops nothing");
+    tmux.keys("t", "C-c");
+    let screen = tmux.wait("t", "the interrupted run to end", |s| {
+        s.contains("exit=130")
+    });
+    let run = since(&screen, "-y; echo exit=$?");
+    let failed = position(&run, &format!("✗ {staging}"));
+    let closing = position(&run, "✗ Failed after ");
+    assert!(failed < closing, "{}", run.join("\n"));
+    assert!(run[closing].contains("(exit 130)"), "{}", run[closing]);
+    assert!(server.alive(), "an interrupt before the stop stops nothing");
+
+    // 2. The upgrade, confirmed at the prompt: each step once, in order,
+    //    and the closing line with the downtime; no spinner left behind.
+    tmux.type_line("t", &format!("{mm}; echo exit=$?"));
+    tmux.wait("t", "the prompt", |s| {
+        s.contains("Proceed with upgrade? [Y/n]")
+    });
+    tmux.type_line("t", "y");
+    let screen = tmux.wait("t", "the upgrade to end", |s| {
+        since(s, &format!("{mm}; echo"))
+            .iter()
+            .any(|l| l.contains("exit=0"))
+    });
+    let run = since(&screen, &format!("{mm}; echo"));
+    let text = run.join("\n");
+    let steps = [
+        "✓ Staged memtomem 0.6.12 (".to_string(),
+        "✓ Proven: the staged server answers MCP initialize as 0.6.12 (".to_string(),
+        format!("✓ Stopped pid {} (server, SIGTERM) (", server.pid()),
+        "✓ Switched to memtomem 0.6.12 in one rename (".to_string(),
+        "✓ Done in ".to_string(),
+    ];
+    let at: Vec<usize> = steps.iter().map(|s| position(&run, s)).collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "steps out of order:\n{text}"
+    );
+    let done = run[at[4]];
+    assert!(
+        done.contains(" s; the servers were down ")
+            && done.ends_with(" ms (first stop → 0.6.12 in place)"),
+        "{done}"
+    );
+    assert!(
+        !run.iter().any(|l| l.starts_with(|c| TICKS.contains(c))),
+        "a spinner was left on the screen:\n{text}"
+    );
+    assert!(!server.alive());
+    assert_eq!(sb.installed_versions(), ["0.6.12"]);
+    // Colour: the marks are painted (tmux reports SGR codes with -e).
+    let painted = tmux.screen("t", true);
+    let done_line = painted
+        .lines()
+        .rfind(|l| l.contains("Done in "))
+        .expect("the closing line, with escapes");
+    let mark = done_line.find('✓').unwrap();
+    assert!(done_line[..mark].contains("\x1b["), "{done_line:?}");
+
+    // 3. NO_COLOR on the same terminal: the same steps, no escape codes; and
+    //    --json on a terminal: the document alone, no step lines.
+    tmux.new_session("nc");
+    tmux.type_line(
+        "nc",
+        &format!("NO_COLOR=1 {mm} -y --reinstall; echo exit=$?"),
+    );
+    let screen = tmux.wait("nc", "the NO_COLOR run to end", |s| s.contains("exit=0"));
+    assert!(screen.contains("✓ Done in "), "{screen}");
+    let painted = tmux.screen("nc", true);
+    assert!(
+        !painted.contains('\x1b'),
+        "escapes despite NO_COLOR:\n{painted:?}"
+    );
+    tmux.type_line("nc", "clear");
+    tmux.wait("nc", "a cleared screen", |s| !s.contains("Done in"));
+    tmux.type_line("nc", &format!("{mm} --dry-run --json; echo exit=$?"));
+    let screen = tmux.wait("nc", "the --json run to end", |s| s.contains("exit=0"));
+    assert!(
+        !screen.contains('✓') && !screen.contains("Dry run done"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("{\"ok\": true, \"dry_run\": true"),
+        "{screen}"
+    );
+}
+
+/// Output to pipes (a script, CI) has no escape codes and no step lines,
+/// with neither NO_COLOR nor CLICOLOR_FORCE set.
+#[test]
+fn piped_output_has_no_escape_codes_and_no_progress() {
+    let sb = Sandbox::new();
+    let _s = sb.server("s", &["--mode", "ignore-sigterm"]);
+    let out = sb
+        .upgrader()
+        .args(["-y", "--grace", "0.1"])
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("Installed memtomem 0.6.11 → 0.6.12"),
+        "{stdout}"
+    );
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(!text.contains('\x1b'), "{name} has escapes: {text:?}");
+        assert!(
+            !text.contains('✓') && !text.contains("Done in"),
+            "{name} has step lines: {text}"
+        );
+    }
+}
