@@ -41,6 +41,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Finish or undo an upgrade that was interrupted (killed, power cut); a normal run does this first.
     Recover,
+    /// Stop orphaned servers (their MCP host is gone), with the upgrade's proofs: a plan, then a prompt or -y.
+    Reap(ReapArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -138,6 +140,25 @@ pub struct UpgradeArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Print the plan (the orphans that would be stopped) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds between SIGTERM and SIGKILL (accepts 5, 0.5, 500ms; at most 3600).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "5",
+        value_parser = parse_grace,
+        allow_negative_numbers = true
+    )]
+    pub grace: Duration,
+}
 
 /// Upgrade-only flags make no sense with a subcommand (`--dry-run status`):
 /// a usage error rather than a silently ignored flag. The shared options

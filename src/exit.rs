@@ -35,4 +35,5 @@ Exit codes:
   4  failed after something changed (a stop failed); the output says what was stopped and removed
   5  install failed (uv missing, timed out or failed; or the version cannot be prepared, in which case nothing was stopped)
   6  installed, but old-generation processes remain or the new version does not start (status: stale processes found)
-  130  interrupted before anything changed (an interrupt after the first stop waits until the install is done)";
+  130  interrupted before anything changed (an interrupt after the first stop waits until the install is done)
+`reap`: 0 the orphans were stopped (or there were none, or a dry run), 3 refused (no confirmation, another run), 4 a stop failed";

@@ -28,6 +28,7 @@ pub mod plan;
 pub mod platform;
 pub mod progress;
 pub mod proof;
+pub mod reap;
 pub mod receipt;
 pub mod recover;
 pub mod run;
@@ -87,6 +88,7 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         }
         Some(cli::Command::Status(_)) => status::run(&cli.common),
         Some(cli::Command::Recover) => recover::run(&cli.common),
+        Some(cli::Command::Reap(args)) => reap::run(&cli.common, args),
         None => match cli::Settings::resolve(&cli.upgrade, &cli.common) {
             Err(msg) => {
                 ui::errln!("error: {msg}");

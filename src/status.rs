@@ -141,10 +141,10 @@ pub fn processes_in(
     (procs, stale_count)
 }
 
-pub fn run(common: &Common) -> u8 {
-    let env = path_env(common);
-    let mut warnings: Vec<String> = Vec::new();
-    let install = match install::Uv::locate(
+/// This installation, as uv names it; without uv (or its answer) an
+/// unknown one, with a warning saying why.
+pub fn installation(common: &Common, warnings: &mut Vec<String>) -> Installation {
+    match install::Uv::locate(
         common.uv.as_deref(),
         std::env::var_os("PATH").as_deref(),
         std::time::Duration::from_secs(10),
@@ -160,7 +160,13 @@ pub fn run(common: &Common) -> u8 {
             warnings.push(e.to_string());
             Installation::default()
         }
-    };
+    }
+}
+
+pub fn run(common: &Common) -> u8 {
+    let env = path_env(common);
+    let mut warnings: Vec<String> = Vec::new();
+    let install = installation(common, &mut warnings);
     if let Some(tool_dir) = install.tool_dir().filter(|t| t.is_absolute()) {
         let layout = crate::txn::Layout {
             tool_dir: tool_dir.to_path_buf(),

@@ -5,6 +5,8 @@
 //! sandbox.
 
 mod common;
+#[path = "common/orphan.rs"]
+mod orphan;
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -252,7 +254,7 @@ fn status_names_each_servers_host_and_flags_duplicates() {
 fn status_flags_an_orphan_whose_host_is_gone() {
     let sb = Sandbox::new();
     sb.set_install_time(std::time::Duration::from_secs(5));
-    let orphan = sb.server("o", &["--mode", "orphan"]);
+    let orphan = orphan::Orphan::start(&sb, "o");
     let pid = orphan.pid();
     let doc = json_run(sb.upgrader().args(["status", "--json"]), 0);
     let p = &doc["processes"][0];

@@ -1,0 +1,96 @@
+//! `mm-upgrade reap` (issue 12, point 3): the orphans (servers whose host is
+//! gone) are stopped with the upgrade's proofs and stop engine, a plan first,
+//! a prompt or `-y`, `--dry-run`, `--json`; a server with a host is never
+//! touched. fake-server's `orphan` and `many=N` modes; each test in its own
+//! sandbox.
+
+mod common;
+#[path = "common/orphan.rs"]
+mod orphan;
+
+use common::{exists, json_run, Sandbox};
+use serde_json::json;
+
+#[test]
+fn reap_stops_the_orphan_and_leaves_a_server_with_a_host_alone() {
+    let sb = Sandbox::new();
+    let orphan = orphan::Orphan::start(&sb, "orphan");
+    let hosted = sb.server("hosted", &["--store", "/tmp/another-store.db"]);
+    let doc = json_run(sb.upgrader().args(["reap", "-y", "--json"]), 0);
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["killed"], json!([orphan.pid()]), "{doc}");
+    assert_eq!(doc["orphans"][0]["pid"], orphan.pid());
+    assert_eq!(doc["stops"][0]["signals"], json!(["SIGTERM"]));
+    assert!(!orphan.alive(), "the orphan was stopped");
+    assert!(!exists(&orphan.pid_file()), "its pid file is gone");
+    assert!(hosted.alive(), "a server whose host lives is not an orphan");
+    assert!(exists(&hosted.pid_file()));
+    assert_eq!(doc["exit_code"], 0);
+}
+
+#[test]
+fn reap_dry_run_shows_the_plan_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let orphan = orphan::Orphan::start(&sb, "orphan");
+    let doc = json_run(sb.upgrader().args(["reap", "--dry-run", "--json"]), 0);
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["would_kill"], json!([orphan.pid()]), "{doc}");
+    let out = sb
+        .upgrader()
+        .args(["reap", "--dry-run"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains(&format!("Stop orphaned server (pid {}", orphan.pid())),
+        "{text}"
+    );
+    assert!(text.contains("orphan: its host is gone"), "{text}");
+    assert!(orphan.alive());
+    assert!(exists(&orphan.pid_file()));
+}
+
+#[test]
+fn reap_without_confirmation_off_a_terminal_is_refused() {
+    let sb = Sandbox::new();
+    let orphan = orphan::Orphan::start(&sb, "orphan");
+    let doc = json_run(sb.upgrader().args(["reap", "--json"]), 3);
+    assert_eq!(doc["ok"], false);
+    assert!(doc["error"].as_str().unwrap().contains("Pass -y"), "{doc}");
+    assert!(orphan.alive());
+}
+
+#[test]
+fn reap_leaves_many_servers_of_a_live_host_alone() {
+    let sb = Sandbox::new();
+    let many = sb.server("many", &["--mode", "many=3"]);
+    let out = sb
+        .upgrader()
+        .args(["reap", "-y"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("No orphaned memtomem server"), "{text}");
+    for pid in many.info["pids"].as_array().unwrap() {
+        assert!(common::alive(pid.as_i64().unwrap() as i32), "{pid}");
+    }
+}
+
+#[test]
+fn reap_flags_are_its_own_and_upgrade_flags_are_refused() {
+    let sb = Sandbox::new();
+    sb.upgrader()
+        .args(["reap", "--version", "0.6.12"])
+        .assert()
+        .code(2);
+    sb.upgrader()
+        .args(["reap", "--grace", "-1"])
+        .assert()
+        .code(2);
+}
