@@ -142,6 +142,23 @@ pub fn survey(os: &dyn Os, inv: &Inventory, scope: &Scope, target: Option<&str>)
     }
 }
 
+/// [`survey`] for `mm-upgrade status`: the same scope as its discovery.
+pub fn survey_for(
+    env: &crate::paths::PathEnv,
+    install: &crate::discover::Installation,
+    protected: &[Pid],
+    inv: &Inventory,
+    target: Option<&str>,
+) -> Survey {
+    let scope = Scope {
+        env,
+        install,
+        protected,
+        scan_processes: true,
+    };
+    survey(crate::sys::real(), inv, &scope, target)
+}
+
 /// The `uv`/`uvx` processes above `pid`, nearest first (`uvx` runs `uv tool
 /// uvx …`, which runs the server): a host config names the outermost.
 fn launchers(os: &dyn Os, pid: Pid) -> Vec<Vec<String>> {

@@ -2,6 +2,7 @@
 //! clean → switch → verify. Only this module sequences side effects.
 
 mod hosts;
+mod others;
 mod processes;
 mod report;
 mod stage;
@@ -62,6 +63,7 @@ fn pipeline(cx: &mut Ctx) -> Result<u8, u8> {
         s.extras.is_some(),
         r.installed_version.as_deref(),
     );
+    others::in_plan(cx, &inv);
     if s.dry_run {
         let uv_missing = r.uv_missing.clone();
         return Ok(report::dry_run(
@@ -125,6 +127,8 @@ fn pipeline(cx: &mut Ctx) -> Result<u8, u8> {
     if !s.skip_pkill {
         progress.clients = hosts::settle(cx, &progress, switched.installed_ticks, &version);
     }
+    // Another installation's server older than this version: old code remains.
+    others::after_upgrade(cx, &spec, &version, &progress)?;
     Ok(report::success(
         cx,
         &plan,

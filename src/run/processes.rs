@@ -129,9 +129,16 @@ pub(super) fn retire_old_generation(
             let stale: Vec<String> = new
                 .iter()
                 .filter_map(|i| {
-                    let (stale, ev) =
+                    let (_, ev) =
                         crate::status::classify(i.pid?, 0.0, None, cx.install.env_dir.as_deref());
-                    stale.then(|| format!("pid {}: {}", i.pid.unwrap_or(0), ev.join("; ")))
+                    // Another installation's server is judged by its own
+                    // version, with the configs that launch it (run/others.rs).
+                    let ev: Vec<String> = ev
+                        .into_iter()
+                        .filter(|e| !e.starts_with(crate::status::OTHER_INSTALLATION))
+                        .collect();
+                    (!ev.is_empty())
+                        .then(|| format!("pid {}: {}", i.pid.unwrap_or(0), ev.join("; ")))
                 })
                 .collect();
             if !stale.is_empty() {
