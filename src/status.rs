@@ -35,6 +35,9 @@ pub fn install_time(env_dir: &Path) -> Option<f64> {
     Some(m.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
+/// How [`classify`]'s evidence of another installation begins.
+pub const OTHER_INSTALLATION: &str = "runs from a different installation";
+
 /// A memtomem process whose interpreter is a virtualenv's `bin/python*`
 /// outside this installation (an old tool dir, a `uvx` cache env) runs
 /// another installation's code. Only the process's argv is read.
@@ -50,7 +53,7 @@ fn other_installation(os: &dyn Os, pid: sys::Pid, env_dir: &Path) -> Option<Stri
     let venv = exe.parent()?.parent()?;
     venv.join("pyvenv.cfg")
         .exists()
-        .then(|| format!("runs from a different installation ({})", venv.display()))
+        .then(|| format!("{OTHER_INSTALLATION} ({})", venv.display()))
 }
 
 /// Is `pid` (started at wall time `started`) running stale code, and why?
@@ -185,6 +188,10 @@ pub fn run(common: &Common) -> u8 {
     });
     let installed_at = install.env_dir.as_deref().and_then(install_time);
     let version = install.tool_dir().and_then(install::installed_version);
+    // Servers of another installation (a pinned plugin, another venv): their
+    // version against ours, and the host configs that launch them.
+    let others = crate::foreign::survey_for(&env, &install, &protected, &inv, version.as_deref());
+    warnings.extend(others.warnings.iter().cloned());
     let (mut procs, stale_count) =
         processes_in(sys::real(), &inv, installed_at, install.env_dir.as_deref());
     let hosts = crate::hosts::view::survey_inventory(sys::real(), &inv);
@@ -192,7 +199,7 @@ pub fn run(common: &Common) -> u8 {
     let problems = inv.all_problems();
     let db = env.store_path();
     let writer = db.as_deref().and_then(crate::dblock::write_lock_holder);
-    let code = if stale_count > 0 {
+    let code = if stale_count > 0 || others.old_code().next().is_some() {
         exit::VERIFY_FAILED
     } else {
         exit::OK
@@ -205,6 +212,7 @@ pub fn run(common: &Common) -> u8 {
             "installed_at": installed_at.map(fmt_wall),
             "db_writer": writer,
             "problems": problems,
+            "other_installations": others.others,
             "warnings": warnings,
             "exit_code": code,
         });
@@ -252,6 +260,9 @@ pub fn run(common: &Common) -> u8 {
         }
         if let (Some(pid), Some(db)) = (writer, &db) {
             crate::ui::outln!("The store {} is write-locked by pid {pid}.", db.display());
+        }
+        for l in crate::foreign::lines(&others.others, version.as_deref()) {
+            crate::ui::outln!("{l}");
         }
         for p in &problems {
             crate::ui::outln!("  unverifiable: {p}");
