@@ -98,11 +98,12 @@ class FakeServer:
             if pid > 1 and pid != self.process.pid and _runs(pid, binary):
                 _signal(pid, signal.SIGKILL, group=False)
         _signal(self.process.pid, signal.SIGKILL, group=True)
-        if self.process.stdin:
-            try:
-                self.process.stdin.close()
-            except OSError:
-                pass
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
         self.wait(10)
 
 
