@@ -9,6 +9,8 @@
 //! then, if a new mode produces it, a run below that shows it.
 
 mod common;
+#[path = "common/orphan.rs"]
+mod orphan;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -337,4 +339,24 @@ fn emitted_event_kinds() -> BTreeSet<String> {
     }
     assert!(kinds.len() >= 10, "the source scan found {kinds:?}");
     kinds
+}
+
+/// `reap --json` (tests/cli_reap.rs has its behaviour): an orphan planned,
+/// refused without -y, stopped; nothing to reap.
+#[test]
+fn reap_documents_match_their_schema() {
+    let reap = Schema::load("reap");
+    let sb = Sandbox::new();
+    let run = |what: &str, args: &[&str], code| {
+        let doc = json_run(sb.upgrader().args(args), code);
+        reap.check(what, &doc);
+        doc
+    };
+    run("reap with no orphan", &["reap", "-y", "--json"], 0);
+    let o = orphan::Orphan::start(&sb, "orphan");
+    let doc = run("reap dry run", &["reap", "--dry-run", "--json"], 0);
+    assert_eq!(doc["would_kill"], json!([o.pid()]), "{doc}");
+    run("reap refused", &["reap", "--json"], 3);
+    let doc = run("reap", &["reap", "-y", "--json"], 0);
+    assert_eq!(doc["killed"], json!([o.pid()]), "{doc}");
 }
