@@ -17,8 +17,10 @@ pub const PARTIAL: u8 = 4;
 /// previous installation is restored when possible ("rolled back").
 pub const INSTALL_FAILED: u8 = 5;
 /// Installed, but proof failed: an old-generation process is still running,
-/// or the new entry point does not start. `status` also uses this code when it
-/// finds stale processes.
+/// a server of another installation (a plugin's pinned `uvx`, another venv)
+/// runs an older version than the one installed, or the new entry point does
+/// not start. `status` also uses this code when it finds stale processes or
+/// such a server.
 pub const VERIFY_FAILED: u8 = 6;
 
 /// Interrupted (Ctrl-C, SIGTERM, SIGHUP) before anything changed. From the
@@ -34,6 +36,6 @@ Exit codes:
   3  refused before anything changed (unverifiable or unsafe state, no confirmation, another run)
   4  failed after something changed (a stop failed); the output says what was stopped and removed
   5  install failed (uv missing, timed out or failed; or the version cannot be prepared, in which case nothing was stopped)
-  6  installed, but old-generation processes remain or the new version does not start (status: stale processes found)
+  6  installed, but old code remains (old-generation processes, or another installation's server on an older version) or the new version does not start (status: the same found)
   130  interrupted before anything changed (an interrupt after the first stop waits until the install is done)
 `reap`: 0 the orphans were stopped (or there were none, or a dry run), 3 refused (no confirmation, another run), 4 a stop failed";
