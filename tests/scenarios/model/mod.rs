@@ -70,6 +70,9 @@ pub struct Scenario {
     pub hosts: Vec<Host>,
     #[serde(default, rename = "file")]
     pub files: Vec<FileSpec>,
+    /// A run of the upgrader before `[upgrade]` that kills itself at a step boundary;
+    /// `[upgrade]` is then the run that recovers, and `[expect]` is about it.
+    pub crash: Option<Crash>,
     #[serde(default)]
     pub upgrade: Upgrade,
     #[serde(default)]
@@ -246,6 +249,17 @@ pub struct Upgrade {
     pub env_remove: Vec<String>,
     /// Seconds before the runner kills the upgrader (default: the scenario timeout).
     pub timeout: Option<f64>,
+}
+
+/// `[crash]`: mm-upgrade run with `MM_UPGRADE_FAULT=<at>` (honoured only when it is built
+/// with the `fault-points` feature, as `cargo test --all-features` builds it) must die by
+/// SIGKILL at that step; a run that does not is a failed scenario, never a silent pass.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crash {
+    pub at: FaultPoint,
+    /// The crashing run's arguments (default: `[upgrade] args`).
+    pub args: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -435,6 +449,12 @@ impl Scenario {
     /// What refers to what: every name, group and event source must exist; a few keys
     /// need others. Errors name the key.
     fn validate(&self) -> Result<(), String> {
+        if self.crash.is_some() && self.differential.expect != Some(DiffExpect::Skip) {
+            return Err(
+                "crash: needs [differential] expect = \"skip\" (another upgrader has no fault points)"
+                    .into(),
+            );
+        }
         let servers: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
         let hosts: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
         let bystanders: Vec<&str> = self.bystanders.iter().map(|b| b.name.as_str()).collect();

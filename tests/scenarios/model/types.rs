@@ -339,6 +339,7 @@ keyword_enum!(
         BrokenEntry = "broken-entry",
         BrokenPython = "broken-python",
         WrongVersion = "wrong-version",
+        DanglingEntry = "dangling-entry",
     } default Succeed
 );
 keyword_enum!(
@@ -352,4 +353,19 @@ keyword_enum!(
 keyword_enum!(
     /// `all_processes`.
     Liveness { Dead = "dead", Alive = "alive" }
+);
+keyword_enum!(
+    /// `[crash] at`: mm-upgrade's step boundaries (`MM_UPGRADE_FAULT`, the `fault-points`
+    /// feature; `crate::sys::fault_point` in src/).
+    FaultPoint {
+        Staged = "staged",
+        Relocated = "relocated",
+        Stopped = "stopped",
+        Switching = "switching",
+        Exchanged = "exchanged",
+        Linked = "linked",
+        Checked = "checked",
+        Committed = "committed",
+        RollingBack = "rolling-back",
+    }
 );

@@ -237,6 +237,7 @@ pub fn run_one(cfg: Config) -> (Verdict, String) {
             r.start_hosts()?;
             r.plant_files(model::When::AfterServers)?;
             let managed = r.write_managed_pids()?;
+            r.run_crash(&managed)?;
             r.run_upgrader(&managed)?;
             r.settle();
             r.check()

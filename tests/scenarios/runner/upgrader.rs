@@ -95,9 +95,11 @@ impl Runner {
         Ok(env)
     }
 
-    fn upgrader_argv(&self) -> Result<Vec<String>, String> {
-        let args = match (&self.cfg.other, &self.sc.differential.args) {
-            (Some(_), Some(a)) => a.clone(),
+    /// The upgrader's argv: `[upgrade] args` (`crash_args` for a `[crash]` run).
+    fn upgrader_argv(&self, crash_args: Option<&Vec<String>>) -> Result<Vec<String>, String> {
+        let args = match (&self.cfg.other, &self.sc.differential.args, crash_args) {
+            (_, _, Some(a)) => a.clone(),
+            (Some(_), Some(a), _) => a.clone(),
             _ => self.sc.upgrade.args.clone(),
         };
         let mut args = self.expand_all(&args)?;
@@ -126,10 +128,49 @@ impl Runner {
         Ok(argv)
     }
 
+    /// `[crash]`: the upgrader with `MM_UPGRADE_FAULT=<at>`, which must kill itself there
+    /// (SIGKILL). Anything else fails the scenario here: an upgrader built without the
+    /// `fault-points` feature runs on and must not make a crash scenario pass.
+    pub(super) fn run_crash(&mut self, managed: &Path) -> Result<(), String> {
+        let Some(crash) = &self.sc.crash else {
+            return Ok(());
+        };
+        let at = crash.at.as_str();
+        let args = crash
+            .args
+            .clone()
+            .unwrap_or_else(|| self.sc.upgrade.args.clone());
+        let mut env = self.upgrader_env(managed)?;
+        env.push(("MM_UPGRADE_FAULT".into(), at.into()));
+        let argv = self.upgrader_argv(Some(&args))?;
+        self.live_at_start = self.managed_alive_now();
+        self.env_before = Some(self.installation_tree());
+        let run = self.launch(argv, env, vec![])?;
+        self.note(
+            "runner",
+            "crashed",
+            json!({"at": at, "status": run.status_text}),
+        );
+        let killed = run.exit.is_none() && run.status_text.contains("SIGKILL");
+        if !killed {
+            return Err(format!(
+                "[crash] at = \"{at}\": the upgrader was to kill itself there (MM_UPGRADE_FAULT) but it ended {} after {:.0} ms; build mm-upgrade with the `fault-points` feature (cargo test --all-features)\n--- its stderr:\n{}",
+                run.status_text,
+                run.duration.as_secs_f64() * 1e3,
+                run.stderr
+            ));
+        }
+        self.notes.push(format!(
+            "[crash]: mm-upgrade killed itself at `{at}` after {:.0} ms; the run below recovers",
+            run.duration.as_secs_f64() * 1e3
+        ));
+        Ok(())
+    }
+
     pub(super) fn run_upgrader(&mut self, managed: &Path) -> Result<(), String> {
         let env = self.upgrader_env(managed)?;
         self.env_for_upgrader = env.clone();
-        let argv = self.upgrader_argv()?;
+        let argv = self.upgrader_argv(None)?;
         self.write_env_script(&argv)?;
         if self.cfg.pause {
             self.pause_for_human(&argv);
@@ -148,9 +189,25 @@ impl Runner {
             let parts = text.split(marker).map(|s| s.as_bytes().to_vec()).collect();
             early.push((path, parts));
         }
-        // What the upgrade starts from: the old generation alive now, the installation.
+        // What the upgrade starts from: the old generation alive now, the installation
+        // (before a `[crash]` run, if there was one: a recovery is judged against it).
         self.live_at_start = self.managed_alive_now();
-        self.env_before = Some(self.installation_tree());
+        if self.sc.crash.is_none() {
+            self.env_before = Some(self.installation_tree());
+        }
+        let run = self.launch(argv, env, early)?;
+        self.upgrader = Some(run);
+        Ok(())
+    }
+
+    /// Spawns the upgrader (its own process group; `early` files written by its own
+    /// process before exec), watches it until it exits or times out, and collects it.
+    fn launch(
+        &mut self,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        early: Vec<(CString, Vec<Vec<u8>>)>,
+    ) -> Result<Upgrader, String> {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).env_clear().envs(env).process_group(0);
         cmd.stdin(Stdio::null())
@@ -233,7 +290,7 @@ impl Runner {
         } else {
             None
         };
-        self.upgrader = Some(Upgrader {
+        Ok(Upgrader {
             cmdline: argv,
             exit,
             status_text: sys::describe_status(reaped.status),
@@ -241,8 +298,7 @@ impl Runner {
             stderr: String::from_utf8_lossy(&err).into_owned(),
             duration,
             timed_out,
-        });
-        Ok(())
+        })
     }
 
     fn write_env_script(&self, argv: &[String]) -> Result<(), String> {

@@ -22,7 +22,12 @@ impl Runner {
         let after = self.installation_tree();
         let before = self.env_before.clone().unwrap_or_default();
         let switched = self.switched_at();
-        if e.env_unchanged || (!diff && switched.is_empty()) {
+        // A recovery that finished an interrupted upgrade (`[crash]`) changed the
+        // installation with no `switched` of its own.
+        let rolled_forward = read_jsonl(&self.dir("events").join("upgrader.jsonl"))
+            .iter()
+            .any(|v| v["event"] == "recovered" && v["outcome"] == "rolled-forward");
+        if e.env_unchanged || (!diff && switched.is_empty() && !rolled_forward) {
             let d = tree_diff(&before, &after, 12);
             if !d.is_empty() {
                 self.fail(format!(
@@ -67,15 +72,30 @@ impl Runner {
             return Ok(());
         }
 
-        // Nothing is stopped before the new release is staged and proven.
+        // Nothing is stopped before the new release is staged and proven: in each run
+        // (a `[crash]` run, then the one that recovers), on its own records.
         let mm = read_jsonl(&self.dir("events").join("upgrader.jsonl"));
-        let first = |name: &str| {
-            mm.iter()
-                .filter(|v| v.get("event").and_then(Value::as_str) == Some(name))
-                .filter_map(|v| v.get("mono_ns").and_then(Value::as_u64))
-                .min()
-        };
-        if let Some(sig) = first("signalling") {
+        let mut starts: Vec<u64> = self
+            .timeline
+            .iter()
+            .filter(|e| e.source == "upgrader" && e.event == "start")
+            .map(|e| e.mono)
+            .collect();
+        starts.sort();
+        let calls = self.uv_calls();
+        for (i, &from) in starts.iter().enumerate() {
+            let until = starts.get(i + 1).copied().unwrap_or(u64::MAX);
+            let within = |t: Option<u64>| t.is_some_and(|t| (from..until).contains(&t));
+            let first = |name: &str| {
+                mm.iter()
+                    .filter(|v| v.get("event").and_then(Value::as_str) == Some(name))
+                    .filter_map(|v| v.get("mono_ns").and_then(Value::as_u64))
+                    .filter(|&t| within(Some(t)))
+                    .min()
+            };
+            let Some(sig) = first("signalling") else {
+                continue;
+            };
             match first("proven") {
                 Some(p) if p < sig => {}
                 Some(_) => {
@@ -83,7 +103,10 @@ impl Runner {
                 }
                 None => self.fail("mm-upgrade signalled a server without a proven staged release"),
             }
-            for c in self.uv_calls() {
+            for c in &calls {
+                if !within(c.get("mono_ns").and_then(Value::as_u64)) {
+                    continue;
+                }
                 let end = c
                     .get("end_mono_ns")
                     .and_then(Value::as_u64)
