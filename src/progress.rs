@@ -210,28 +210,38 @@ impl Steps {
             return;
         }
         self.abandon();
-        let took = fmt_secs(self.started.elapsed());
-        let ok = doc.get("ok").and_then(Value::as_bool).unwrap_or(false);
-        let down = doc.get("downtime_ms").and_then(Value::as_f64);
-        let version = doc.get("version").and_then(Value::as_str);
-        let line = match (ok, down, version) {
-            (true, Some(d), Some(v)) => format!(
-                "Done in {took}; the servers were down {d:.0} ms (first stop → {v} in place)"
-            ),
-            (true, _, _) if doc.contains_key("dry_run") => {
-                format!("Dry run done in {took}; nothing was changed")
-            }
-            (true, _, _) => format!("Done in {took}; no server was stopped"),
-            (false, d, _) => {
-                let code = doc.get("exit_code").and_then(Value::as_u64).unwrap_or(1);
-                let down = d
-                    .map(|d| format!("; the servers were down {d:.0} ms"))
-                    .unwrap_or_default();
-                format!("Failed after {took} (exit {code}){down}")
-            }
-        };
+        let (ok, line) = closing_line(doc, &fmt_secs(self.started.elapsed()));
         self.done(ok, &line);
     }
+}
+
+/// The last line of a run whose report is `doc`, `took` after it started:
+/// whether it succeeded, and what it did to the servers.
+fn closing_line(doc: &Map<String, Value>, took: &str) -> (bool, String) {
+    let ok = doc.get("ok").and_then(Value::as_bool).unwrap_or(false);
+    let down = doc.get("downtime_ms").and_then(Value::as_f64);
+    let version = doc.get("version").and_then(Value::as_str);
+    let line = match (ok, down, version) {
+        (true, Some(d), Some(v)) => {
+            format!("Done in {took}; the servers were down {d:.0} ms (first stop → {v} in place)")
+        }
+        (true, _, _) if doc.contains_key("dry_run") => {
+            format!("Dry run done in {took}; nothing was changed")
+        }
+        (true, _, _) if doc.contains_key("cancelled") => "Cancelled; nothing was changed".into(),
+        (true, _, Some(v)) if doc.contains_key("up_to_date") => {
+            format!("Done in {took}; memtomem {v} was already installed, nothing was stopped")
+        }
+        (true, _, _) => format!("Done in {took}; no server was stopped"),
+        (false, d, _) => {
+            let code = doc.get("exit_code").and_then(Value::as_u64).unwrap_or(1);
+            let down = d
+                .map(|d| format!("; the servers were down {d:.0} ms"))
+                .unwrap_or_default();
+            format!("Failed after {took} (exit {code}){down}")
+        }
+    };
+    (ok, line)
 }
 
 fn fmt_ms(ms: Option<f64>) -> String {
@@ -257,6 +267,41 @@ mod tests {
         assert_eq!(fmt_ms(Some(54.2)), "(54 ms)");
         assert_eq!(fmt_ms(Some(1530.0)), "(1.5 s)");
         assert_eq!(fmt_ms(None), "");
+    }
+
+    #[test]
+    fn the_closing_line_says_what_happened_to_the_servers() {
+        let line = |doc: Value| {
+            let Value::Object(m) = doc else {
+                unreachable!()
+            };
+            closing_line(&m, "1.2 s")
+        };
+        let done = line(serde_json::json!({"ok": true, "version": "0.6.12", "downtime_ms": 54.4}));
+        assert_eq!(
+            done,
+            (
+                true,
+                "Done in 1.2 s; the servers were down 54 ms (first stop → 0.6.12 in place)".into()
+            )
+        );
+        let dry = line(serde_json::json!({"ok": true, "dry_run": true, "version": null}));
+        assert_eq!(dry.1, "Dry run done in 1.2 s; nothing was changed");
+        let same = line(serde_json::json!({"ok": true, "up_to_date": true, "version": "0.6.12"}));
+        assert_eq!(
+            same.1,
+            "Done in 1.2 s; memtomem 0.6.12 was already installed, nothing was stopped"
+        );
+        let no = line(serde_json::json!({"ok": true, "cancelled": true}));
+        assert_eq!(no.1, "Cancelled; nothing was changed");
+        let failed = line(serde_json::json!({"ok": false, "exit_code": 5, "downtime_ms": 12.0}));
+        assert_eq!(
+            failed,
+            (
+                false,
+                "Failed after 1.2 s (exit 5); the servers were down 12 ms".into()
+            )
+        );
     }
 
     #[test]
