@@ -5,8 +5,8 @@
 //! sandbox.
 
 mod common;
-#[path = "common/orphan.rs"]
-mod orphan;
+#[path = "common/hosts.rs"]
+mod hosts;
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -41,23 +41,10 @@ fn own_command() -> String {
 /// `sh -c` (a shell that stays its parent), from this test process.
 fn server_through_sh(sb: &Sandbox) -> (Owned, i32) {
     let ready = sb.path("sh-server.ready");
-    let child = Command::new("/bin/sh")
-        .arg("-c")
-        // Not `exec`: the shell stays the server's parent, as with `sh -c "a; b"`.
-        .arg("\"$0\" \"$@\"; exit $?")
-        .arg(fake_server_bin())
-        .arg("--runtime-dir")
-        .arg(sb.rt())
-        .arg("--ready-file")
-        .arg(&ready)
-        .env("HOME", sb.path("home"))
-        .env_remove("MEMTOMEM_STORAGE__SQLITE_PATH")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let mut sh = Command::new("/bin/sh");
+    // Not `exec`: the shell stays the server's parent, as with `sh -c "a; b"`.
+    sh.args(["-c", "\"$0\" \"$@\"; exit $?"]);
+    let child = hosts::fake_server_cmd(sh, sb, &ready).spawn().unwrap();
     let owned = Owned(child);
     common::wait_for("the server under sh -c is ready", || ready.exists());
     let pid = read_json(&ready).unwrap()["pid"].as_i64().unwrap() as i32;
@@ -96,15 +83,7 @@ fn the_launching_client_is_named_past_its_shell_with_a_next_step() {
 fn the_report_says_in_words_who_lost_which_server() {
     let sb = Sandbox::new();
     let (_sh, server) = server_through_sh(&sb);
-    let out = sb
-        .upgrader()
-        .args(["-y", "--version", "0.6.12"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8_lossy(&out);
+    let text = hosts::text_run(sb.upgrader().args(["-y", "--version", "0.6.12"]), 0);
     let want = format!(
         "an MCP client ({}) (pid {}) lost server {server}: restart or reconnect",
         own_command(),
@@ -125,15 +104,7 @@ fn the_plan_names_the_host_and_the_dry_run_lists_the_clients() {
     );
     assert_eq!(doc["clients"][0]["servers"], json!([server]), "{doc}");
     assert_eq!(doc["clients"][0]["pid"], std::process::id());
-    let out = sb
-        .upgrader()
-        .args(["--dry-run", "--version", "0.6.12"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8_lossy(&out);
+    let text = hosts::text_run(sb.upgrader().args(["--dry-run", "--version", "0.6.12"]), 0);
     let want = format!(
         "launched by an MCP client (pid {}, {}) via sh",
         std::process::id(),
@@ -254,7 +225,7 @@ fn status_names_each_servers_host_and_flags_duplicates() {
 fn status_flags_an_orphan_whose_host_is_gone() {
     let sb = Sandbox::new();
     sb.set_install_time(std::time::Duration::from_secs(5));
-    let orphan = orphan::Orphan::start(&sb, "o");
+    let orphan = hosts::Orphan::start(&sb, "o");
     let pid = orphan.pid();
     let doc = json_run(sb.upgrader().args(["status", "--json"]), 0);
     let p = &doc["processes"][0];

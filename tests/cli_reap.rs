@@ -5,8 +5,8 @@
 //! sandbox.
 
 mod common;
-#[path = "common/orphan.rs"]
-mod orphan;
+#[path = "common/hosts.rs"]
+mod hosts;
 
 use common::{exists, json_run, Sandbox};
 use serde_json::json;
@@ -14,7 +14,7 @@ use serde_json::json;
 #[test]
 fn reap_stops_the_orphan_and_leaves_a_server_with_a_host_alone() {
     let sb = Sandbox::new();
-    let orphan = orphan::Orphan::start(&sb, "orphan");
+    let orphan = hosts::Orphan::start(&sb, "orphan");
     let hosted = sb.server("hosted", &["--store", "/tmp/another-store.db"]);
     let doc = json_run(sb.upgrader().args(["reap", "-y", "--json"]), 0);
     assert_eq!(doc["ok"], true, "{doc}");
@@ -31,19 +31,11 @@ fn reap_stops_the_orphan_and_leaves_a_server_with_a_host_alone() {
 #[test]
 fn reap_dry_run_shows_the_plan_and_changes_nothing() {
     let sb = Sandbox::new();
-    let orphan = orphan::Orphan::start(&sb, "orphan");
+    let orphan = hosts::Orphan::start(&sb, "orphan");
     let doc = json_run(sb.upgrader().args(["reap", "--dry-run", "--json"]), 0);
     assert_eq!(doc["dry_run"], true);
     assert_eq!(doc["would_kill"], json!([orphan.pid()]), "{doc}");
-    let out = sb
-        .upgrader()
-        .args(["reap", "--dry-run"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8_lossy(&out);
+    let text = hosts::text_run(sb.upgrader().args(["reap", "--dry-run"]), 0);
     assert!(
         text.contains(&format!("Stop orphaned server (pid {}", orphan.pid())),
         "{text}"
@@ -56,7 +48,7 @@ fn reap_dry_run_shows_the_plan_and_changes_nothing() {
 #[test]
 fn reap_without_confirmation_off_a_terminal_is_refused() {
     let sb = Sandbox::new();
-    let orphan = orphan::Orphan::start(&sb, "orphan");
+    let orphan = hosts::Orphan::start(&sb, "orphan");
     let doc = json_run(sb.upgrader().args(["reap", "--json"]), 3);
     assert_eq!(doc["ok"], false);
     assert!(doc["error"].as_str().unwrap().contains("Pass -y"), "{doc}");
@@ -67,15 +59,7 @@ fn reap_without_confirmation_off_a_terminal_is_refused() {
 fn reap_leaves_many_servers_of_a_live_host_alone() {
     let sb = Sandbox::new();
     let many = sb.server("many", &["--mode", "many=3"]);
-    let out = sb
-        .upgrader()
-        .args(["reap", "-y"])
-        .assert()
-        .code(0)
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8_lossy(&out);
+    let text = hosts::text_run(sb.upgrader().args(["reap", "-y"]), 0);
     assert!(text.contains("No orphaned memtomem server"), "{text}");
     for pid in many.info["pids"].as_array().unwrap() {
         assert!(common::alive(pid.as_i64().unwrap() as i32), "{pid}");

@@ -9,8 +9,8 @@
 //! then, if a new mode produces it, a run below that shows it.
 
 mod common;
-#[path = "common/orphan.rs"]
-mod orphan;
+#[path = "common/hosts.rs"]
+mod hosts;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -353,7 +353,7 @@ fn reap_documents_match_their_schema() {
         doc
     };
     run("reap with no orphan", &["reap", "-y", "--json"], 0);
-    let o = orphan::Orphan::start(&sb, "orphan");
+    let o = hosts::Orphan::start(&sb, "orphan");
     let doc = run("reap dry run", &["reap", "--dry-run", "--json"], 0);
     assert_eq!(doc["would_kill"], json!([o.pid()]), "{doc}");
     run("reap refused", &["reap", "--json"], 3);
