@@ -175,7 +175,8 @@ fn expand_user(text: &str, home: &Path) -> PathBuf {
     if text == "~" {
         home.to_path_buf()
     } else if let Some(rest) = text.strip_prefix("~/") {
-        home.join(rest)
+        // Python: home + "//x" normalises to home/x; a join would make "/x" absolute.
+        home.join(rest.trim_start_matches('/'))
     } else {
         PathBuf::from(text)
     }

@@ -125,25 +125,7 @@ pub fn write_payload(f: &mut File, payload: &[u8], fsync: bool) -> std::io::Resu
     Ok(())
 }
 
-/// Grammar `<pid>-<ppid>-<16 hex>-<8 hex>-<8 hex>.lock`, lowercase hex only.
-pub fn is_marker_name(name: &str) -> bool {
-    let Some(stem) = name.strip_suffix(".lock") else {
-        return false;
-    };
-    let parts: Vec<&str> = stem.split('-').collect();
-    let dec = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    };
-    parts.len() == 5
-        && dec(parts[0])
-        && dec(parts[1])
-        && hex(parts[2], 16)
-        && hex(parts[3], 8)
-        && hex(parts[4], 8)
-}
+pub use crate::contract::is_marker_name;
 
 pub struct Presence {
     pub path: PathBuf,
@@ -177,13 +159,12 @@ pub fn register_presence(
         }
     }
     gc_presence(&dir);
-    let name = format!(
-        "{}-{}-{}-{}-{}.lock",
+    let name = crate::contract::marker_name(
         std::process::id(),
-        nix::unistd::getppid(),
-        digest.unwrap_or("0000000000000000"),
+        nix::unistd::getppid().as_raw(),
+        digest,
         procid,
-        crate::util::hex8()
+        &crate::util::hex8(),
     );
     let path = dir.join(name);
     let file = open_append(&path, true).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -14,6 +14,7 @@
 //! misreading in one does not hide in the other.
 
 mod cli;
+mod contract;
 mod faults;
 mod lifecycle;
 mod locks;

@@ -96,6 +96,8 @@ pub fn default_store() -> OsString {
 }
 
 /// `store_pid_digest`: None for `:memory:` / `file:` URIs and for any normalisation error.
+/// The fake's own copy, an independent witness (see `contract`); `tests/contract_witness.rs`
+/// proptests it against mm-upgrade's.
 pub fn store_digest(store: &OsStr) -> Option<String> {
     let b = store.as_bytes();
     if b == b":memory:" || b.starts_with(b"file:") {

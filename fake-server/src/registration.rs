@@ -43,7 +43,7 @@ impl Server {
         let p = pid();
         let stamp = &self.id.stamp;
         match self.plan.register.corrupt {
-            None => format!("{p}\n\n{stamp}\n").into_bytes(),
+            None => crate::contract::server_payload(p.into(), None, stamp).into_bytes(),
             Some(Corrupt::Empty) => Vec::new(),
             Some(Corrupt::Garbage) => format!("not-a-pid\n\n{stamp}\n").into_bytes(),
             Some(Corrupt::Zero) => format!("0\n\n{stamp}\n").into_bytes(),
