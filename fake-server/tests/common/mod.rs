@@ -57,8 +57,9 @@ impl Sandbox {
         c
     }
 
-    /// Spawns with `--runtime-dir`, `--ready-file` and `--events` in the sandbox.
-    pub fn spawn(&self, tag: &str, args: &[&str]) -> Proc {
+    /// The fake-server command with `--runtime-dir`, `--ready-file` and `--events` in the
+    /// sandbox (stderr to `<tag>.stderr`), and those three files.
+    fn tagged(&self, tag: &str, args: &[&str]) -> (Command, PathBuf, PathBuf, PathBuf) {
         let ready = self.path(&format!("{tag}.ready"));
         let events = self.path(&format!("{tag}.events"));
         let stderr = self.path(&format!("{tag}.stderr"));
@@ -70,6 +71,12 @@ impl Sandbox {
             .arg("--events")
             .arg(&events)
             .stderr(File::create(&stderr).unwrap());
+        (c, ready, events, stderr)
+    }
+
+    /// Spawns with `--runtime-dir`, `--ready-file` and `--events` in the sandbox.
+    pub fn spawn(&self, tag: &str, args: &[&str]) -> Proc {
+        let (c, ready, events, stderr) = self.tagged(tag, args);
         Proc::start(c, ready, events, stderr)
     }
 }
@@ -321,18 +328,8 @@ impl Sandbox {
         args: &[&str],
         f: impl FnOnce(&mut Command),
     ) -> (Proc, Mcp) {
-        let ready = self.path(&format!("{tag}.ready"));
-        let events = self.path(&format!("{tag}.events"));
-        let stderr = self.path(&format!("{tag}.stderr"));
-        let mut c = self.command(args);
-        c.arg("--runtime-dir")
-            .arg(&self.rt)
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--events")
-            .arg(&events)
-            .stdout(Stdio::piped())
-            .stderr(File::create(&stderr).unwrap());
+        let (mut c, ready, events, stderr) = self.tagged(tag, args);
+        c.stdout(Stdio::piped());
         f(&mut c);
         let mut p = Proc::start(c, ready, events, stderr);
         let mcp = Mcp::new(p.child.stdout.take().expect("piped stdout"));
