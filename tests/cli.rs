@@ -179,9 +179,13 @@ fn human_output_names_the_pid_and_the_file() {
                 .and(predicate::str::contains(
                     " ms from the first stop to the new version in place).",
                 ))
-                // The plan names both versions; nothing claims the servers are back.
+                // The plan names both versions; nothing claims the servers are back:
+                // the host that lost its server is told to reconnect.
                 .and(predicate::str::contains("upgrade plan: 0.6.11 → 0.6.12"))
-                .and(predicate::str::contains("needs a reconnect")),
+                .and(predicate::str::contains(format!(
+                    "lost server {}: restart or reconnect",
+                    server.pid()
+                ))),
         );
 }
 
