@@ -172,6 +172,29 @@ fn a_terminal_sees_each_step_a_spinner_colour_and_the_closing_line() {
     assert!(run[closing].contains("(exit 130)"), "{}", run[closing]);
     assert!(server.alive(), "an interrupt before the stop stops nothing");
 
+    // uv fails: the step is marked failed first, then uv's own words.
+    tmux.type_line(
+        "t",
+        &format!("FAKE_UV_BEHAVIOR=fail:2:boom FAKE_UV_MODE=fail-install {mm} -y; echo exit=$?"),
+    );
+    let screen = tmux.wait("t", "the failed staging to end", |s| {
+        since(s, "fail-install")
+            .iter()
+            .any(|l| l.contains("exit=5"))
+    });
+    let run = since(&screen, "fail-install");
+    let failed = position(&run, &format!("✗ {staging}"));
+    assert!(
+        failed < position(&run, "warning: uv said:"),
+        "{}",
+        run.join("\n")
+    );
+    assert!(
+        failed < position(&run, "✗ Failed after "),
+        "{}",
+        run.join("\n")
+    );
+
     // 2. The upgrade, confirmed at the prompt: each step once, in order,
     //    and the closing line with the downtime; no spinner left behind.
     tmux.type_line("t", &format!("{mm}; echo exit=$?"));

@@ -29,6 +29,8 @@ pub(super) fn stage_and_prove(
     let mut staged = match txn::stage(layout, uv, argv) {
         Ok(st) => st,
         Err(e) => {
+            // The step is marked failed before uv's words, not after them.
+            cx.ui.abandon();
             // Best effort: whatever uv left in the staging dir goes.
             if let Ok(Some(j)) = txn::journal::load(&layout.work()) {
                 txn::discard(&layout.work(), &j);
