@@ -127,7 +127,7 @@ impl Steps {
                 let took = self.dim(&fmt_ms(ms("ms")));
                 self.done(true, &format!("Staged memtomem {} {took}", s("version")));
                 self.begin(&format!(
-                    "Proving memtomem {}: its interpreter, entry points and an MCP initialize",
+                    "Proving memtomem {} before anything is stopped",
                     s("version")
                 ));
             }
@@ -195,6 +195,8 @@ impl Steps {
                     true,
                     &format!("Switched to memtomem {} in one rename {took}", s("version")),
                 );
+                // Respawns of the old code are looked for (and waited for) now.
+                self.begin("Checking that nothing runs the old version");
             }
             "rolled_back" => self.done(
                 false,
@@ -209,8 +211,11 @@ impl Steps {
         if !self.on {
             return;
         }
-        self.abandon();
         let (ok, line) = closing_line(doc, &fmt_secs(self.started.elapsed()));
+        match ok {
+            true => self.clear(),
+            false => self.abandon(),
+        }
         self.done(ok, &line);
     }
 }
