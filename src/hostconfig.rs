@@ -340,7 +340,8 @@ fn form(command: &str, args: &[String]) -> Option<Form> {
             args.first().map(String::as_str),
             args.get(1).map(String::as_str),
         ) {
-            (Some("tool"), Some("run")) => (2, true),
+            // `uvx` execs `uv tool uvx`, the same command.
+            (Some("tool"), Some("run" | "uvx")) => (2, true),
             (Some("run"), _) => (1, false),
             _ => return None,
         },
@@ -402,8 +403,17 @@ fn same_path(a: &Path, b: &Path) -> bool {
 
 /// The server entry's command line equals `argv`. A bare launcher name
 /// (`uvx`, `uv`) matches a path of that name: the host found it on `PATH`.
-/// A bare `python3` could be any interpreter, so it never does.
+/// A bare `python3` could be any interpreter, so it never does. `uvx`
+/// execs `uv tool uvx …`, so that process is read as the `uvx …` it was.
 fn same_command(e: &Entry, argv: &[String]) -> bool {
+    let uvx;
+    let argv = match argv {
+        [uv, tool, sub, rest @ ..] if base(uv) == "uv" && tool == "tool" && sub == "uvx" => {
+            uvx = [&["uvx".to_string()], rest].concat();
+            &uvx[..]
+        }
+        _ => argv,
+    };
     let Some((first, rest)) = argv.split_first() else {
         return false;
     };
@@ -438,8 +448,10 @@ pub fn change_for(
     let change = match f {
         Some(Form::Uvx { req_at, pin: Some(_) }) => {
             let old = &e.args[req_at];
-            let new = target.map_or_else(|| format!("{old} with the installed version"), |t| repin(old, t));
-            format!("args[{req_at}]: \"{old}\" → \"{new}\"")
+            match target {
+                Some(t) => format!("args[{req_at}]: \"{old}\" → \"{}\"", repin(old, t)),
+                None => format!("args[{req_at}]: \"{old}\" → pin the installed memtomem version"),
+            }
         }
         Some(Form::Uvx { .. }) => {
             format!("drop --isolated / the version from this uvx entry so it runs memtomem {want} of the installed tool")

@@ -288,9 +288,25 @@ fn the_launchers_exact_command_line_names_the_server_whatever_its_form() {
     );
     let change = change_for(&e, &l, None, None).expect("exact");
     assert!(
-        change.contains("\"memtomem[onnx]==0.6.11 with the installed version\""),
+        change.ends_with("\"memtomem[onnx]==0.6.11\" → pin the installed memtomem version"),
         "{change}"
     );
+    // uvx execs `uv tool uvx …`: that process is the `uvx …` the host ran.
+    let exec = vec![s(&[
+        "/usr/bin/uv",
+        "tool",
+        "uvx",
+        "--from",
+        "memtomem[onnx]==0.6.11",
+        "memtomem-server",
+    ])];
+    let execd = Launch {
+        launchers: &exec,
+        ..l
+    };
+    assert!(change_for(&e, &execd, None, None).is_some());
+    let odd = entry("uvx", &["--from", "memtomem[onnx]", "memtomem-server"]);
+    assert_eq!(change_for(&odd, &execd, None, None), None);
     // Another path for the command is another command.
     let e = entry(
         "/opt/uvx",
