@@ -78,6 +78,12 @@ fn pytest_plugin_runs_a_fake_server_for_memtomems_own_mm_upgrade() {
     .stdout(File::create(&out).unwrap())
     .stderr(File::create(&err).unwrap())
     .process_group(0);
+    // Steering variables of the fakes from outside this test are not this test's.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FAKE_") {
+            c.env_remove(k);
+        }
+    }
     let mut child = c.spawn().expect("run the venv's python");
     // pytest's group dies with the test, panics included; the fakes it started live in
     // groups of their own, but their stdin is a pipe from pytest: its death ends them.

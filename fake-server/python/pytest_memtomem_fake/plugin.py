@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
@@ -51,6 +52,9 @@ def fake_server(tmp_path: Path, fake_runtime_dir: Path) -> Iterator[Callable[...
 def fake_uv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeUv:
     """fake-uv as ``uv`` for this test (PATH and the uv tool dirs are set in os.environ)."""
     uv = make_fake_uv(tmp_path / "fake-uv")
-    for key, value in uv.env().items():
+    env = uv.env()
+    for key in [k for k in os.environ if k.startswith("FAKE_UV_") and k not in env]:
+        monkeypatch.delenv(key)  # a behaviour set outside the test is not this test's
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     return uv
