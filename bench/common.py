@@ -17,3 +17,12 @@ def f(x, nd=1):
 def rng(xs, nd=1):
     xs = [x for x in xs if x is not None]
     return f"{f(med(xs), nd)} [{f(min(xs), nd)}–{f(max(xs), nd)}]" if xs else "–"
+
+
+def samples(rows):
+    """The per-run samples of synthetic rows, as lines of the generated block."""
+    o = ["Per-run samples (ms):", ""]
+    for r in rows:
+        o.append(f"- {r['name']}: ours {', '.join(f(x) for x in r['ours'])}; "
+                 f"theirs {', '.join(f(x) for x in r['theirs'])}")
+    return o + [""]

@@ -13,7 +13,7 @@ installation every sample) and go to their own generated block of BENCHMARKS.md,
 """
 import os
 
-from common import f, med
+from common import f, med, samples
 
 N = 88
 NAMES = ("many", "many-stores")
@@ -77,10 +77,5 @@ def render(m, rows, a, load):
         o.append(f"| {r['title']} | {f(mo)} | {f(mt)} | {ratio} | {f(med(r['killed']['ours']), 0)} "
                  f"| {f(med(r['after_ms']), 2)} | {f(med(r['downtime_ms']))} | {theirs_outcome(r)} |")
     o.append("")
-    o.append("Per-run samples (ms):")
-    o.append("")
-    for r in rows:
-        o.append(f"- {r['name']}: ours {', '.join(f(x) for x in r['ours'])}; "
-                 f"theirs {', '.join(f(x) for x in r['theirs'])}")
-    o.append("")
+    o += samples(rows)
     return "\n".join(o)
