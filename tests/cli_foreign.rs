@@ -46,6 +46,28 @@ fn pinned_plugin_env(sb: &Sandbox, version: &str) -> (PathBuf, PathBuf, PathBuf)
     (cache, claude, mcp)
 }
 
+/// `doc` is valid against the published schema `name`, and each of its
+/// `other_installations` against that schema's `other_installation`,
+/// closed to the keys it documents (a key printed but not documented fails).
+fn check_schema(name: &str, doc: &Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{name}.schema.json"));
+    let schema: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let open = jsonschema::draft202012::new(&schema).unwrap();
+    let errs: Vec<String> = open.iter_errors(doc).map(|e| e.to_string()).collect();
+    assert!(errs.is_empty(), "{name}: {errs:?}\n{doc}");
+    let mut def = schema["$defs"]["other_installation"].clone();
+    def["unevaluatedProperties"] = Value::Bool(false);
+    def["properties"]["configs"]["items"]["unevaluatedProperties"] = Value::Bool(false);
+    let closed = jsonschema::draft202012::new(&def).unwrap();
+    let others = doc["other_installations"]
+        .as_array()
+        .expect("other_installations");
+    for o in others {
+        let errs: Vec<String> = closed.iter_errors(o).map(|e| e.to_string()).collect();
+        assert!(errs.is_empty(), "{name} other_installation: {errs:?}\n{o}");
+    }
+}
+
 fn config<'a>(other: &'a Value, file: &Path) -> &'a Value {
     other["configs"]
         .as_array()
@@ -61,6 +83,7 @@ fn status_names_a_pinned_plugin_server_its_version_and_the_configs_that_launch_i
     let (cache, claude, mcp) = pinned_plugin_env(&sb, "0.6.9");
     let server = sb.server("plugin", &["--argv-shape", "uvx"]);
     let doc = json_run(sb.upgrader().args(["status", "--json"]), 6);
+    check_schema("status", &doc);
     let others = doc["other_installations"].as_array().expect("key");
     assert_eq!(others.len(), 1, "{doc}");
     let o = &others[0];
@@ -133,6 +156,7 @@ fn the_plan_shows_the_pinned_server_and_its_config_entry() {
             .args(["--dry-run", "--json", "--version", "0.6.12"]),
         0,
     );
+    check_schema("upgrade-report", &doc);
     let o = &doc["other_installations"][0];
     assert_eq!(o["pid"], server.pid());
     assert_eq!(
@@ -164,6 +188,7 @@ fn a_respawned_pinned_server_after_the_upgrade_is_old_code_and_exits_6() {
             .args(["-y", "--json", "--grace", "1", "--version", "0.6.12"]),
         6,
     );
+    check_schema("upgrade-report", &doc);
     assert_eq!(doc["ok"], false, "{doc}");
     assert_eq!(doc["version"], "0.6.12", "{doc}");
     assert_eq!(sb.installed_versions(), vec!["0.6.12".to_string()]);
