@@ -2,8 +2,9 @@
 //! mm-upgrade's, built with maturin and installed with uv into a scratch venv beside a
 //! real memtomem 0.6.12 and pytest, run a short pytest file through the `fake_server`
 //! fixture (fake-server/tests/pytest/test_mm_upgrade.py): memtomem's own `mm upgrade`
-//! escalates to SIGKILL on `ignore-sigterm`, mm-upgrade does not wait the grace, and the
-//! fixture's teardown kills what it started even when a test fails.
+//! escalates to SIGKILL on `ignore-sigterm`, mm-upgrade does not wait the grace, the
+//! fixture's teardown kills what it started even when a test fails, and a fake that
+//! never gets ready is reported.
 #![cfg(feature = "real-memtomem")]
 
 #[path = "common/testenv.rs"]
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The whole pytest run: three tests, one of them waiting out memtomem's 1 s grace.
+/// The whole pytest run: four tests, one of them waiting out memtomem's 1 s grace.
 const PYTEST_DEADLINE: Duration = Duration::from_secs(300);
 
 #[test]
@@ -112,13 +113,14 @@ fn pytest_plugin_runs_a_fake_server_for_memtomems_own_mm_upgrade() {
         "test_memtomem_mm_upgrade_escalates_to_sigkill_on_ignore_sigterm",
         "test_mm_upgrade_kills_an_ignore_sigterm_server_without_waiting_the_grace",
         "test_teardown_kills_every_process_even_when_the_test_fails",
+        "test_a_fake_that_never_gets_ready_is_reported_or_returned_unwaited",
     ] {
         let passed = text
             .lines()
             .any(|l| l.starts_with("PASSED ") && l.ends_with(&format!("::{name}")));
         assert!(passed, "{name} did not pass\n{}", report());
     }
-    assert!(text.contains("3 passed"), "{}", report());
+    assert!(text.contains("4 passed"), "{}", report());
 }
 
 /// `uv ARGS PATHS...` with the test environment (offline cache, Python 3.12).

@@ -137,6 +137,7 @@ def start(
     env: Optional[Mapping[str, str]] = None,
     reap: bool = True,
     timeout: float = READY_TIMEOUT,
+    wait: bool = True,
 ) -> FakeServer:
     """Start a fake-server in ``runtime_dir`` and return once its ready file is written.
 
@@ -144,7 +145,8 @@ def start(
     launches a server (closing stdin is a clean shutdown). With ``reap`` a thread reaps it
     the moment it exits, as a client does: memtomem's probe counts an unreaped zombie as
     alive. A start that fails or times out kills what it started and raises RuntimeError
-    with the fake's stderr.
+    with the fake's stderr. With ``wait=False`` it returns at once, before any ready file
+    (``crash-on-start`` never writes one): ``pid`` is then the launched process.
     """
     modes = [mode] if isinstance(mode, str) else list(mode)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +166,8 @@ def start(
                                 env=dict(os.environ if env is None else env), **group)  # type: ignore[call-overload]
     srv = FakeServer(process=proc, pid=proc.pid, pids=[proc.pid], pid_file=None, runtime_dir=runtime_dir,
                      events_path=events, ready_path=ready, ready={}, stderr_path=stderr)
+    if not wait:
+        return _reaped(srv, reap)
     # The readiness handshake: the ready file appears (atomically) or the fake dies.
     deadline = time.monotonic() + timeout
     while not ready.exists():
@@ -176,8 +180,12 @@ def start(
     srv.pid = int(srv.ready["pid"])
     srv.pids = [int(p) for p in srv.ready.get("pids") or [srv.pid]]
     srv.pid_file = Path(srv.ready["pid_file"]) if srv.ready.get("pid_file") else None
+    return _reaped(srv, reap)
+
+
+def _reaped(srv: FakeServer, reap: bool) -> FakeServer:
     if reap:
-        srv._reaper = threading.Thread(target=proc.wait, daemon=True)
+        srv._reaper = threading.Thread(target=srv.process.wait, daemon=True)
         srv._reaper.start()
     return srv
 

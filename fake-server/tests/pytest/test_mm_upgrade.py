@@ -115,3 +115,11 @@ def running(pid):
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_fake_that_never_gets_ready_is_reported_or_returned_unwaited(fake_server):
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        fake_server(mode="crash-on-start")
+    srv = fake_server(mode="crash-on-start", wait=False)
+    assert srv.ready == {} and srv.pid == srv.process.pid
+    assert srv.wait(10) == 1
