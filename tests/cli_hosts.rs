@@ -113,21 +113,27 @@ fn the_plan_names_the_host_and_the_dry_run_lists_the_clients() {
     assert!(text.contains(&want), "{text}");
 }
 
-/// fake-host keeps `bin/memtomem-server` (fake-server via fake-uv's entry
-/// script) and starts it again at once whenever it dies.
-#[test]
-fn a_host_that_respawned_on_the_new_version_is_told_to_do_nothing() {
-    let sb = Sandbox::new();
+/// fake-host (run as `program`, a link to it: hosts are recognised by name)
+/// on the sandbox's `bin/memtomem-server` (fake-server through fake-uv's
+/// entry script), with `args`; returns once its first session is on 0.6.11,
+/// with the host and its first server's pid.
+fn fake_host(sb: &Sandbox, program: &str, args: &[&str]) -> (Owned, PathBuf, i64) {
     let host_bin: PathBuf = fake_server_bin().with_file_name("fake-host");
     assert!(host_bin.exists(), "build fake-host first");
+    let link = sb.path(program);
+    if link != host_bin {
+        std::os::unix::fs::symlink(&host_bin, &link).unwrap();
+    }
     let ready = sb.path("host.ready");
     let host = Owned(
-        Command::new(&host_bin)
+        Command::new(&link)
             .arg("--log")
             .arg(sb.path("host.log"))
             .arg("--ready-file")
             .arg(&ready)
-            .args(["--ping-ms", "20", "--"])
+            .args(["--ping-ms", "20"])
+            .args(args)
+            .arg("--")
             .arg(sb.path("bin/memtomem-server"))
             .env("HOME", sb.path("home"))
             .env("FAKE_SERVER_RUNTIME_DIR", sb.rt())
@@ -139,11 +145,19 @@ fn a_host_that_respawned_on_the_new_version_is_told_to_do_nothing() {
             .spawn()
             .unwrap(),
     );
-    let host_pid = host.0.id() as i32;
     common::wait_for("the host's first session", || {
         read_json(&ready).is_some_and(|r| r["version"] == "0.6.11")
     });
     let first = read_json(&ready).unwrap()["pid"].as_i64().unwrap();
+    (host, ready, first)
+}
+
+/// A host that starts its server again at once whenever it dies.
+#[test]
+fn a_host_that_respawned_on_the_new_version_is_told_to_do_nothing() {
+    let sb = Sandbox::new();
+    let (host, ready, first) = fake_host(&sb, "fake-host", &[]);
+    let host_pid = host.0.id() as i32;
     let doc = json_run(
         sb.upgrader()
             .args(["-y", "--json", "--grace", "1", "--version", "0.6.12"]),
@@ -166,6 +180,29 @@ fn a_host_that_respawned_on_the_new_version_is_told_to_do_nothing() {
         read_json(&ready).is_some_and(|r| r["pid"] == again && r["version"] == "0.6.12")
     });
     drop(host);
+}
+
+/// A host named `claude` is Claude Code; one that does not start its server
+/// again is told how to reconnect it there.
+#[test]
+fn claude_code_that_lost_its_server_is_told_to_reconnect_with_mcp() {
+    let sb = Sandbox::new();
+    let (host, _ready, first) = fake_host(&sb, "claude", &["--max-spawns", "1"]);
+    let doc = json_run(
+        sb.upgrader().args(["-y", "--json", "--version", "0.6.12"]),
+        0,
+    );
+    let c = &doc["clients"][0];
+    assert_eq!(c["pid"], host.0.id(), "{doc}");
+    assert_eq!(c["host"], "claude-code");
+    assert_eq!(c["name"], "Claude Code");
+    assert_eq!(c["command"], "claude");
+    assert_eq!(c["servers"], json!([first]));
+    assert_eq!(c["respawned"], Value::Null);
+    assert_eq!(
+        c["next_step"],
+        "run `/mcp` in Claude Code and reconnect memtomem"
+    );
 }
 
 #[test]
