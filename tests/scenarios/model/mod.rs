@@ -285,6 +285,9 @@ pub struct Uv {
     /// `uv tool dir` fails.
     #[serde(default)]
     pub dir_fails: bool,
+    /// What `uv tool dir` (without `--bin`) prints instead of the tool dir: `""` (nothing)
+    /// or a relative path, as a broken or hostile uv could.
+    pub dir_prints: Option<String>,
     /// The installed version the sandbox starts with ("none": not installed).
     #[serde(default = "default_installed")]
     pub installed: String,
@@ -310,6 +313,7 @@ impl Default for Uv {
             version: None,
             server_args: vec![],
             dir_fails: false,
+            dir_prints: None,
             installed: default_installed(),
             installed_extras: vec![],
             installed_args: vec![],
@@ -355,6 +359,9 @@ pub struct Expect {
     /// Exact file contents after the run (path → text).
     #[serde(default)]
     pub file_contents: BTreeMap<String, String>,
+    /// Permission bits after the run (path → mode, e.g. `"0755"`; links not followed).
+    #[serde(default)]
+    pub file_modes: BTreeMap<String, Mode>,
     /// Event patterns `source:event[:detail]` that must occur in this order in the
     /// merged timeline (servers' event logs, the uv log, the runner's own events).
     #[serde(default)]
@@ -481,8 +488,11 @@ impl Scenario {
             if f.content.is_some() && f.content_hex.is_some() {
                 return Err(format!("file[{i}]: content or content_hex, not both"));
             }
-            if f.kind == FileKind::Symlink && f.target.is_none() {
-                return Err(format!("file[{i}].target: a symlink needs a target"));
+            if matches!(f.kind, FileKind::Symlink | FileKind::Hardlink) && f.target.is_none() {
+                return Err(format!(
+                    "file[{i}].target: a {} needs a target",
+                    f.kind.as_str()
+                ));
             }
         }
         if self.uv.behavior == UvBehavior::WrongVersion && self.uv.version.is_none() {

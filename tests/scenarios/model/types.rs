@@ -309,6 +309,8 @@ keyword_enum!(
         File = "file",
         Fifo = "fifo",
         Symlink = "symlink",
+        /// A second name (hard link) of `target`.
+        Hardlink = "hardlink",
         Dir = "dir",
         /// A valid empty SQLite database.
         Sqlite = "sqlite",

@@ -240,6 +240,10 @@ impl Runner {
                     let target = self.expand(f.target.as_deref().unwrap_or_default())?;
                     symlink(target, &path).map_err(ctx)?;
                 }
+                FileKind::Hardlink => {
+                    let target = self.expand(f.target.as_deref().unwrap_or_default())?;
+                    fs::hard_link(target, &path).map_err(ctx)?;
+                }
                 FileKind::Dir => fs::create_dir_all(&path).map_err(ctx)?,
                 FileKind::Sqlite => fs::write(&path, hex_decode(EMPTY_SQLITE_HEX)?).map_err(ctx)?,
                 FileKind::Chmod => {}

@@ -79,6 +79,11 @@ impl Runner {
         }
         if uv.dir_fails {
             env.push(("FAKE_UV_DIR".into(), "fail".into()));
+        } else if let Some(text) = &uv.dir_prints {
+            env.push((
+                "FAKE_UV_DIR".into(),
+                format!("print:{}", self.expand(text)?),
+            ));
         }
         if self.differential() {
             env.push(("_MEMTOMEM_TEST_RUNTIME_DIR".into(), d("runtime")));

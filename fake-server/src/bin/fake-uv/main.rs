@@ -13,7 +13,7 @@
 //! | `FAKE_UV_SERVER_ARGS` | more fake-server arguments for that `memtomem-server`, separated by whitespace (no quoting), placed after `--server-version <V>` and before the script's own arguments, e.g. `--mode hang-initialize` |
 //! | `FAKE_UV_PREPARE` | what a prepare call does: `succeed` (default), `fail` (version cannot be resolved, exit 1), `hang`, `sleep:MS` |
 //! | `FAKE_UV_STAGE_ONLY` | set: every `tool install` that is not a stage call fails with exit 2 (the upgrader must never let uv install in place) |
-//! | `FAKE_UV_DIR` | what `uv tool dir` does: `succeed` (default), `fail` |
+//! | `FAKE_UV_DIR` | what `uv tool dir` does: `succeed` (default), `fail`, `print:TEXT` (prints TEXT, e.g. nothing or a relative path, instead of the tool dir; `--bin` is unchanged) |
 //! | `FAKE_UV_CACHE` | a directory standing for uv's cache: prepare and stage calls record `memtomem-<V>` there; an `--offline` install or stage of a V not in it fails like uv does |
 //! | `FAKE_UV_LATEST` | the version a request without `==V` resolves to (default `0.7.0`; ranges such as `>=0.6,<0.7` are not checked against it) |
 //!
@@ -132,6 +132,12 @@ fn main() {
             if std::env::var("FAKE_UV_DIR").as_deref() == Ok("fail") {
                 eprintln!("error: fake-uv: tool dir failed");
                 call.finish(2, "dir failed");
+            }
+            let print = std::env::var("FAKE_UV_DIR").ok();
+            let printed = print.as_deref().and_then(|v| v.strip_prefix("print:"));
+            if let (Some(text), false) = (printed, rest.contains(&"--bin")) {
+                println!("{text}");
+                call.finish(0, "printed");
             }
             let out = if rest.contains(&"--bin") {
                 bin_dir.clone().or_else(default_bin_dir)

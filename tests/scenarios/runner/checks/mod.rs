@@ -10,6 +10,7 @@ mod processes;
 mod transaction;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -279,6 +280,18 @@ impl Runner {
                 Ok(b) => self.fail(format!(
                     "{path}: content {:?}, expected {want:?}",
                     String::from_utf8_lossy(&b)
+                )),
+                Err(err) => self.fail(format!("{path}: {err}")),
+            }
+        }
+        for (f, want) in &e.file_modes {
+            let path = self.expand(f)?;
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.permissions().mode() & 0o7777 == want.0 => {}
+                Ok(m) => self.fail(format!(
+                    "{path}: mode {:04o}, expected {:04o}",
+                    m.permissions().mode() & 0o7777,
+                    want.0
                 )),
                 Err(err) => self.fail(format!("{path}: {err}")),
             }
