@@ -226,3 +226,26 @@ fn a_respawned_server_pinned_to_the_new_version_is_current() {
         "{doc}"
     );
 }
+
+/// --skip-pkill keeps old code running by request: the pinned server is kept,
+/// named with its config entry, and the run exits 0 as it does for kept servers.
+#[test]
+fn with_skip_pkill_a_pinned_server_is_named_but_does_not_fail_the_run() {
+    let sb = Sandbox::new();
+    let (_, claude, _) = pinned_plugin_env(&sb, "0.6.9");
+    let server = sb.server("plugin", &["--argv-shape", "uvx"]);
+    let doc = json_run(
+        sb.upgrader()
+            .args(["-y", "--json", "--skip-pkill", "--version", "0.6.12"]),
+        0,
+    );
+    check_schema("upgrade-report", &doc);
+    assert_eq!(doc["kept"], serde_json::json!([server.pid()]), "{doc}");
+    let o = &doc["other_installations"][0];
+    assert_eq!(
+        (o["pid"].as_i64(), o["old_code"].as_bool()),
+        (Some(server.pid() as i64), Some(true))
+    );
+    assert_eq!(config(o, &claude)["entry"], "mcpServers.memtomem");
+    assert!(server.alive());
+}

@@ -53,7 +53,9 @@ pub(super) fn after_upgrade(
     }
     cx.doc
         .insert("other_installations".into(), json!(sv.others));
-    if sv.old_code().next().is_none() {
+    // --skip-pkill keeps old code running by request (exit 0, `kept`): these
+    // are named, as the kept ones are, and do not fail the run either.
+    if cx.s.skip_pkill || sv.old_code().next().is_none() {
         for l in foreign::lines(&sv.others, Some(version)) {
             cx.ui.say(l);
         }
