@@ -16,7 +16,6 @@ mod common;
 mod support;
 
 use std::fs::{self, File};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -163,23 +162,20 @@ fn mcp_answers_match_a_real_memtomem_server() {
 // ---------------------------------------------------------------------------
 // memtomem's own `mm upgrade` against the fake (issue 2, "done when")
 
-/// A no-op stand-in for uv on PATH: answers `tool dir` with the real installation's tool
-/// dir (so extras come from its receipt), logs and succeeds for everything else.
-fn stand_in_uv(sb: &Sandbox, tools: &Path) -> PathBuf {
+/// fake-uv as `uv` on PATH for memtomem's `mm upgrade`: `uv tool dir` names the real
+/// installation's tool dir (`UV_TOOL_DIR`, so extras come from its receipt) and `--bin`
+/// its bin dir; installs succeed without writing (`noop`: the real installation may be
+/// shared by every test); every call is logged in `uv.log`.
+fn fake_uv_on_path(sb: &Sandbox, tools: &Path, c: &mut Command) -> PathBuf {
     let dir = sb.path("uv-bin");
     fs::create_dir_all(&dir).unwrap();
-    let uv = dir.join("uv");
-    fs::write(
-        &uv,
-        format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{log}'\n\
-             if [ \"$1 $2\" = \"tool dir\" ]; then\n  if [ \"$3\" = --bin ]; then echo '{tools}/../bin'; else echo '{tools}'; fi\n  exit 0\nfi\nexit 0\n",
-            log = sb.path("uv.log").display(),
-            tools = tools.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&uv, fs::Permissions::from_mode(0o755)).unwrap();
+    if fs::symlink_metadata(dir.join("uv")).is_err() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_fake-uv"), dir.join("uv")).unwrap();
+    }
+    c.env("FAKE_UV_LOG", sb.path("uv.log"))
+        .env("FAKE_UV_BEHAVIOR", "noop")
+        .env("XDG_BIN_HOME", tools.join("../bin"))
+        .env_remove("UV_TOOL_BIN_DIR");
     dir
 }
 
@@ -217,12 +213,12 @@ fn mm_upgrade(
     args: &[&str],
     reap: &mut [&mut Proc],
 ) -> MmRun {
-    let uv_dir = stand_in_uv(sb, &real.tools);
+    let (out, err) = (sb.path("mm.stdout"), sb.path("mm.stderr"));
+    let mut c = Command::new(&real.mm);
+    let uv_dir = fake_uv_on_path(sb, &real.tools, &mut c);
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![uv_dir];
     paths.extend(std::env::split_paths(&path));
-    let (out, err) = (sb.path("mm.stdout"), sb.path("mm.stderr"));
-    let mut c = Command::new(&real.mm);
     c.arg("upgrade").args(args);
     with_override(&mut c, &sb.home, rt);
     c.env("PATH", std::env::join_paths(paths).unwrap())
@@ -349,7 +345,7 @@ fn memtomem_mm_upgrade_stops_a_default_fake_with_sigterm() {
     assert_eq!(ev.last().unwrap()["how"], "sigterm-cleanup", "{ev:?}");
     assert!(!pid_file.exists());
     let log = fs::read_to_string(sb.path("uv.log")).unwrap();
-    assert!(log.contains("tool install"), "{log}");
+    assert!(log.contains(r#""kind":"install""#), "{log}");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! | `FAKE_UV_LOG` | JSON-lines file; one line appended per call (argv, kind, env, managed pids alive, ts/mono_ns, result, and `installed` on success) when it ends; a call that hangs logs its line as it starts hanging, with `exit_code` and `end_mono_ns` null and the note `hanging` |
 //! | `FAKE_UV_TOOL_DIR` | the sandbox's *real* uv tool dir. A call whose `UV_TOOL_DIR` is under `$FAKE_UV_TOOL_DIR/.mm-upgrade/` is a *stage* call; one whose `UV_TOOL_DIR` is elsewhere is a *prepare* call |
 //! | `FAKE_UV_MANAGED_PIDS` | file with one pid per line: the old-generation server processes; an *install* call while any of them is alive (and not a zombie) fails with exit 97. Stage calls are not checked: staging happens while the old servers run, by design |
-//! | `FAKE_UV_BEHAVIOR` | what an install or stage call does: `succeed` (default), `fail:CODE:STDERR`, `hang`, `hang-half-written` (creates `E/lib/python3.12/site-packages`, then hangs), `sleep:MS` (then succeed), `delete-env-then-fail`, `dangling-entry` (installs, but the receipt's `mm` entry point is neither written nor linked), `broken-entry` (installs, but every entry point prints a `ModuleNotFoundError` and exits 1), `unresolvable` (the version does not exist: exit 1 with uv's resolver message), `broken-python` (installs, but `bin/python` prints `fake python: broken` and exits 1), `wrong-version:V` (installs V whatever was asked: dist-info, `bin/python` and `memtomem-server` all say V) |
+//! | `FAKE_UV_BEHAVIOR` | what an install or stage call does: `succeed` (default), `fail:CODE:STDERR`, `hang`, `hang-half-written` (creates `E/lib/python3.12/site-packages`, then hangs), `sleep:MS` (then succeed), `delete-env-then-fail`, `noop` (succeeds, writes nothing), `dangling-entry` (installs, but the receipt's `mm` entry point is neither written nor linked), `broken-entry` (installs, but every entry point prints a `ModuleNotFoundError` and exits 1), `unresolvable` (the version does not exist: exit 1 with uv's resolver message), `broken-python` (installs, but `bin/python` prints `fake python: broken` and exits 1), `wrong-version:V` (installs V whatever was asked: dist-info, `bin/python` and `memtomem-server` all say V) |
 //! | `FAKE_UV_SERVER_BIN` | the fake-server binary: the installed `bin/memtomem-server` execs it with `--server-version <V>` (without it, that script exits 0) |
 //! | `FAKE_UV_SERVER_ARGS` | more fake-server arguments for that `memtomem-server`, separated by whitespace (no quoting), placed after `--server-version <V>` and before the script's own arguments, e.g. `--mode hang-initialize` |
 //! | `FAKE_UV_PREPARE` | what a prepare call does: `succeed` (default), `fail` (version cannot be resolved, exit 1), `hang`, `sleep:MS` |
@@ -276,6 +276,12 @@ fn main() {
             call.finish(1, "version cannot be resolved");
         }
         "hang" => call.hang(),
+        // Another upgrader's in-place install over an installation that must stay as it
+        // is (a real one, shared by tests): logged and successful, nothing written.
+        "noop" => {
+            eprintln!("Installed 4 executables: memtomem, memtomem-server, memtomem-web, mm");
+            call.finish(0, "noop");
+        }
         "hang-half-written" => {
             // Stuck mid-way: the environment is half there when the call is killed.
             let _ = fs::create_dir_all(target_dir.join(PACKAGE).join(PYTHON_LIB));
