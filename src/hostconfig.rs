@@ -147,13 +147,13 @@ impl Configs {
                 .chars()
                 .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
             {
-                name.clone()
+                format!(".{name}")
             } else {
                 format!("[{}]", Value::from(name.as_str()))
             };
             self.entries.push(Entry {
                 file: file.to_path_buf(),
-                entry: format!("{at}{dot}mcpServers.{key}"),
+                entry: format!("{at}{dot}mcpServers{key}"),
                 plugin: plugin.map(str::to_string),
                 command: command.to_string(),
                 args,

@@ -83,7 +83,7 @@ fn every_known_host_config_is_read_under_home() {
         (
             p(&home, ".claude.json"),
             format!(
-                "projects[\"{}\"].mcpServers.[\"mem tomem\"]",
+                "projects[\"{}\"].mcpServers[\"mem tomem\"]",
                 proj.path().display()
             ),
         ),
