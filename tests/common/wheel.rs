@@ -16,8 +16,30 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// mm-upgrade's features in this test build. Its wheel is built with them too: maturin's
+/// build replaces target/<profile>/mm-upgrade, which the test binaries that run after this
+/// one use (the fault points, for one, must still be there).
+fn root_features() -> String {
+    [
+        ("scenarios", cfg!(feature = "scenarios")),
+        ("real-memtomem", cfg!(feature = "real-memtomem")),
+        ("fault-points", cfg!(feature = "fault-points")),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| *name)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
 /// `maturin build --profile dev` of the package at `manifest` into `out`; the wheel's path.
 pub fn build(manifest: &Path, out: &Path) -> PathBuf {
+    let mut features = Vec::new();
+    if manifest == Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")
+        && !root_features().is_empty()
+    {
+        features = vec!["--features".to_string(), root_features()];
+    }
     let status = testenv::apply(&mut Command::new(testenv::uv()))
         .args([
             "tool",
@@ -34,6 +56,7 @@ pub fn build(manifest: &Path, out: &Path) -> PathBuf {
         .arg(out)
         .arg("--manifest-path")
         .arg(manifest)
+        .args(&features)
         .env("CARGO_TARGET_DIR", target_dir())
         .status()
         .unwrap();
