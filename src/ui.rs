@@ -91,9 +91,18 @@ impl Ui {
 
     /// A warning: always on stderr, so `--json` stdout stays one document.
     pub fn warn(&mut self, line: impl AsRef<str>) {
-        let style = anstyle::AnsiColor::Yellow.on_default().bold();
-        let label = crate::progress::paint(crate::progress::colour_on_stderr(), style, "warning:");
-        let line = line.as_ref();
+        self.labelled(anstyle::AnsiColor::Yellow, "warning:", line.as_ref());
+    }
+
+    /// The error that ends the run, on stderr.
+    pub fn error(&mut self, line: &str) {
+        self.labelled(anstyle::AnsiColor::Red, "error:", line);
+    }
+
+    /// `label line` on stderr, the label coloured as clap colours its own.
+    fn labelled(&mut self, colour: anstyle::AnsiColor, label: &str, line: &str) {
+        let on = crate::progress::colour_on_stderr();
+        let label = crate::progress::paint(on, colour.on_default().bold(), label);
         let _ = self
             .steps
             .suspend(|| writeln!(io::stderr().lock(), "{label} {line}"));

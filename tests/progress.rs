@@ -189,6 +189,16 @@ fn a_terminal_sees_each_step_a_spinner_colour_and_the_closing_line() {
         "{}",
         run.join("\n")
     );
+    // The labels are coloured as clap colours its own.
+    let painted = tmux.screen("t", true);
+    let error = painted
+        .lines()
+        .rfind(|l| l.contains("cannot install"))
+        .expect("the error line, with escapes");
+    assert!(
+        error.starts_with('\x1b') && error.contains("error:"),
+        "{error:?}"
+    );
     assert!(
         failed < position(&run, "✗ Failed after "),
         "{}",

@@ -130,7 +130,7 @@ impl Ctx<'_> {
                 .insert("clients".into(), json!(p.hosts.clients(&p.killed())));
         }
         if !self.ui.json {
-            crate::ui::errln!("error: {msg}");
+            self.ui.error(&msg);
             if let Some(p) = progress {
                 let killed = p.killed();
                 if !killed.is_empty() {
