@@ -52,6 +52,13 @@ fn pytest_plugin_runs_a_fake_server_for_memtomems_own_mm_upgrade() {
 
     let home = tmp.path().join("home");
     fs::create_dir(&home).unwrap();
+    // Run a copy: pytest writes the file's rewritten bytecode beside it, never in the tree.
+    let file = tmp.path().join("test_mm_upgrade.py");
+    fs::copy(
+        root.join("fake-server/tests/pytest/test_mm_upgrade.py"),
+        &file,
+    )
+    .unwrap();
     let (out, err) = (tmp.path().join("pytest.out"), tmp.path().join("pytest.err"));
     let mut c = Command::new(&python);
     c.args([
@@ -64,7 +71,7 @@ fn pytest_plugin_runs_a_fake_server_for_memtomems_own_mm_upgrade() {
         "--basetemp",
     ])
     .arg(tmp.path().join("pt"))
-    .arg(root.join("fake-server/tests/pytest/test_mm_upgrade.py"))
+    .arg(&file)
     .current_dir(tmp.path())
     .env("HOME", &home)
     .env_remove("PYTHONPATH")
