@@ -189,23 +189,43 @@ fn upgrade_reports_and_events_of_every_mode_match_their_schemas() {
     assert_eq!(doc["inventory_complete"], false, "{doc}");
 
     // The switch fails its check in place and is exchanged back (uv names an
-    // entry point it never wrote); servers were stopped first. The stand-in
-    // uv's behaviour under both of its names.
+    // entry point it never wrote); servers were stopped first.
     let sb = Sandbox::new();
     let _s = sb.server("s", &[]);
-    let env = [
-        ("FAKE_UV_MODE", "dangling-entry"),
-        ("FAKE_UV_BEHAVIOR", "dangling-entry"),
-    ];
+    let env = [("FAKE_UV_BEHAVIOR", "dangling-entry")];
     let doc = runs.run_env(&sb, "a rolled-back switch", &["-y", "--json"], &env, 5);
     assert_eq!(doc["rolled_back"], true, "{doc}");
 
-    // The runs above showed every kind but `recovered` (a crashed earlier run).
-    let want: BTreeSet<String> = emitted_event_kinds()
-        .into_iter()
-        .filter(|k| k != "recovered")
-        .collect();
+    // A run killed while uv stages: the next one recovers first.
+    kill_mid_staging(&sb);
+    let doc = runs.run(&sb, "a run after a crash", &["-y", "--json"], 0);
+    assert_eq!(doc["recovered"], "discarded", "{doc}");
+
+    // The runs above showed every kind the source emits.
+    let want = emitted_event_kinds();
     assert_eq!(runs.kinds, want, "event kinds seen vs emitted by src/");
+}
+
+/// Start an upgrade, SIGKILL it while uv hangs half-way through staging
+/// (uv dies with it), and leave its staging and journal behind.
+fn kill_mid_staging(sb: &Sandbox) {
+    use std::os::unix::process::CommandExt;
+    let mut child = sb
+        .upgrader_std()
+        .env("FAKE_UV_BEHAVIOR", "hang-half-written")
+        .args(["-y", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Its group is killed on drop, on every path.
+    let group = testkit::Group(child.id() as i32);
+    common::wait_for("the staging call", || sb.uv_hanging_pid().is_some());
+    let uv = sb.uv_hanging_pid().unwrap();
+    group.signal(libc::SIGKILL);
+    let _ = child.wait();
+    common::wait_for("uv to die with mm-upgrade", || !common::alive(uv));
 }
 
 #[test]
