@@ -148,10 +148,7 @@ fn a_terminal_sees_each_step_a_spinner_colour_and_the_closing_line() {
 
     // 1. uv hangs: the staging spinner turns while the servers keep serving;
     //    Ctrl-C marks that step failed and ends the run (exit 130).
-    tmux.type_line(
-        "t",
-        &format!("FAKE_UV_BEHAVIOR=hang FAKE_UV_MODE=hang-install {mm} -y; echo exit=$?"),
-    );
+    tmux.type_line("t", &format!("FAKE_UV_BEHAVIOR=hang {mm} -y; echo exit=$?"));
     let staging = "Staging memtomem[all] with uv";
     let first = tmux.wait("t", "the staging spinner", |s| {
         spinner_frame(s, staging).is_some()
@@ -175,14 +172,14 @@ fn a_terminal_sees_each_step_a_spinner_colour_and_the_closing_line() {
     // uv fails: the step is marked failed first, then uv's own words.
     tmux.type_line(
         "t",
-        &format!("FAKE_UV_BEHAVIOR=fail:2:boom FAKE_UV_MODE=fail-install {mm} -y; echo exit=$?"),
+        &format!("FAKE_UV_BEHAVIOR=fail:2:boom {mm} -y; echo exit=$?"),
     );
     let screen = tmux.wait("t", "the failed staging to end", |s| {
-        since(s, "fail-install")
+        since(s, "FAKE_UV_BEHAVIOR=fail")
             .iter()
             .any(|l| l.contains("exit=5"))
     });
-    let run = since(&screen, "fail-install");
+    let run = since(&screen, "FAKE_UV_BEHAVIOR=fail");
     let failed = position(&run, &format!("✗ {staging}"));
     assert!(
         failed < position(&run, "warning: uv said:"),
