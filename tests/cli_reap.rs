@@ -78,3 +78,19 @@ fn reap_flags_are_its_own_and_upgrade_flags_are_refused() {
         .assert()
         .code(2);
 }
+
+#[test]
+fn reap_beside_another_run_is_refused_and_stops_nothing() {
+    let sb = Sandbox::new();
+    let orphan = hosts::Orphan::start(&sb, "orphan");
+    // uv's tool lock, as an upgrade or a `uv tool` command holds it.
+    let _held = common::FlockHolder::hold(&sb.path("tools/.lock"));
+    let doc = json_run(sb.upgrader().args(["reap", "-y", "--json"]), 3);
+    assert!(
+        doc["error"].as_str().unwrap().contains("tools/.lock"),
+        "{doc}"
+    );
+    assert!(orphan.alive());
+    // A dry run changes nothing, so it does not need the lock.
+    json_run(sb.upgrader().args(["reap", "--dry-run", "--json"]), 0);
+}
