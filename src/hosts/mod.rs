@@ -234,10 +234,15 @@ fn recognise(pid: Pid, argv: &[String], comm: &str, tty: Option<bool>) -> Seen {
     {
         return Seen::Launcher;
     }
-    if SHELLS.contains(&a0) || (a0 == "busybox" && argv.get(1).is_some_and(|s| s == "sh")) {
+    let busybox_sh = a0 == "busybox" && argv.get(1).is_some_and(|s| s == "sh");
+    if SHELLS.contains(&a0) || busybox_sh {
         // A shell running a command or a script passes the server on; an
         // interactive one on a terminal is the user's terminal.
-        let runs_something = args().any(|a| a == "-c" || !a.starts_with('-'));
+        let skip = if busybox_sh { 2 } else { 1 };
+        let runs_something = argv
+            .iter()
+            .skip(skip)
+            .any(|a| a == "-c" || !a.starts_with('-'));
         return match (runs_something, tty) {
             (true, _) => Seen::Launcher,
             (false, Some(false)) => Seen::Host(HostKind::McpClient),

@@ -58,6 +58,7 @@ fn each_common_host_is_recognised_from_its_argv() {
         (&["/usr/bin/zed-editor"], HostKind::Zed),
         (&["/Applications/Zed.app/Contents/MacOS/zed"], HostKind::Zed),
         (&["-zsh"], HostKind::Terminal),
+        (&["busybox", "sh"], HostKind::Terminal),
         (&["python3.12", "client.py"], HostKind::McpClient),
     ];
     for (argv, want) in cases {
@@ -85,11 +86,15 @@ fn shells_running_a_command_and_launchers_are_walked_past() {
             "x",
         ],
         &["bash", "/home/u/start-mcp.sh"],
+        &["busybox", "sh", "-c", "x"],
         &["claude"],
     ]);
     assert_eq!(kind, Some(HostKind::ClaudeCode));
-    assert_eq!(pid, Some(395));
-    assert_eq!(via, ["sh", "uvx", "env", "node npx-cli.js", "bash"]);
+    assert_eq!(pid, Some(394));
+    assert_eq!(
+        via,
+        ["sh", "uvx", "env", "node npx-cli.js", "bash", "busybox"]
+    );
 }
 
 #[test]
