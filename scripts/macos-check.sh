@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compile-check mm-upgrade (library and binaries) for macOS, on Linux:
+# Compile-check mm-upgrade (library and binaries) and fake-server's binaries
+# (the test doubles: fake-server, fake-uv, fake-host) for macOS, on Linux:
 # Debian's rustc-web, cargo-web and rust-web-src (Rust 1.85, the project's
 # rust-version; bookworm-security) build std for the Apple targets with
 # -Zbuild-std. Nothing here runs macOS code: this proves src/sys/macos.rs and
@@ -11,6 +12,10 @@
 # target/macos-check/ (MM_MACOS_CHECK_DIR). Targets: MM_MACOS_TARGETS
 # (default: x86_64-apple-darwin aarch64-apple-darwin). The Debian packages
 # are installed when missing, which needs root and apt.
+#
+# MM_MACOS_CHECK_TOOLCHAIN=rustup (GitHub's Ubuntu runners, which have no
+# rustc-web): the current toolchain with rustup's std for the Apple targets
+# (`rustup target add ...` first), on the checkout itself, same flags.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -18,6 +23,19 @@ OUT=${MM_MACOS_CHECK_DIR:-$ROOT/target/macos-check}
 TARGETS=${MM_MACOS_TARGETS:-x86_64-apple-darwin aarch64-apple-darwin}
 PKGS=(rustc-web cargo-web rust-web-src)
 die() { echo "macos-check: $*" >&2; exit 1; }
+
+if [[ ${MM_MACOS_CHECK_TOOLCHAIN:-debian} == rustup ]]; then
+  for t in $TARGETS; do
+    CARGO_TARGET_DIR="$OUT/target-rustup" RUSTFLAGS="-D warnings" \
+      cargo check --locked --quiet --target "$t" -p mm-upgrade --lib --bins \
+      || die "mm-upgrade does not compile for $t (see above; is the target added with rustup?)"
+    CARGO_TARGET_DIR="$OUT/target-rustup" RUSTFLAGS="-D warnings" \
+      cargo check --locked --quiet --target "$t" -p fake-server --bins \
+      || die "fake-server does not compile for $t (see above)"
+    echo "macos-check: $t compiles (rustup std)"
+  done
+  exit 0
+fi
 
 installed() {
   local n
@@ -54,5 +72,12 @@ for t in $TARGETS; do
     /usr/bin/cargo check --locked --quiet -Zbuild-std=std,panic_abort \
     --target "$t" -p mm-upgrade --lib --bins \
     || die "mm-upgrade does not compile for $t (see above)"
+  # fake-server's SQLite is the system one on macOS (fake-server/Cargo.toml):
+  # no Apple C compiler is needed.
+  RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+    CARGO_TARGET_DIR="$OUT/target" RUSTFLAGS="-D warnings" \
+    /usr/bin/cargo check --locked --quiet -Zbuild-std=std,panic_abort \
+    --target "$t" -p fake-server --bins \
+    || die "fake-server does not compile for $t (see above)"
   echo "macos-check: $t compiles ($(($(date +%s) - t0))s)"
 done

@@ -118,6 +118,12 @@ pub fn parse<C: Parser>(
 }
 
 /// `PR_SET_NAME`: what `/proc/<pid>/comm` (and `ps -o comm`) shows, 15 bytes at most.
+/// Linux only: macOS has no call that renames a process (its `p_comm` is the
+/// executable's name), so there the shape is in argv alone.
+#[cfg(not(target_os = "linux"))]
+fn set_comm(_name: &str) {}
+
+#[cfg(target_os = "linux")]
 fn set_comm(name: &str) {
     let mut buf = [0u8; 16];
     let n = name.len().min(15);

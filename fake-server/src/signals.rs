@@ -9,21 +9,50 @@ use serde_json::json;
 static SIG_WR: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    // SAFETY: write(2) is async-signal-safe; errno is saved and restored around it.
-    unsafe {
-        let e = *libc::__errno_location();
-        let b = sig as u8;
-        libc::write(SIG_WR.load(Ordering::Relaxed), (&b as *const u8).cast(), 1);
-        *libc::__errno_location() = e;
+    // write(2) is async-signal-safe; errno is saved and restored around it.
+    let e = nix::errno::Errno::last_raw();
+    let b = sig as u8;
+    // SAFETY: writing one byte from our stack to the self-pipe.
+    unsafe { libc::write(SIG_WR.load(Ordering::Relaxed), (&b as *const u8).cast(), 1) };
+    nix::errno::Errno::set_raw(e);
+}
+
+/// A pipe whose ends are close-on-exec (and non-blocking if asked): `pipe2` on
+/// Linux; macOS has no `pipe2`, so there the flags follow `pipe` (a child forked
+/// in between could inherit the ends, which a test double can live with).
+pub fn pipe_cloexec(nonblock: bool) -> std::io::Result<[RawFd; 2]> {
+    let mut fds = [0; 2];
+    #[cfg(target_os = "linux")]
+    {
+        let flags = libc::O_CLOEXEC | if nonblock { libc::O_NONBLOCK } else { 0 };
+        // SAFETY: pipe2 fills our array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), flags) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // SAFETY: pipe fills our array; fcntl sets flags on the descriptors it made.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for fd in fds {
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                if nonblock {
+                    libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+                }
+            }
+        }
+    }
+    Ok(fds)
 }
 
 pub fn make_sig_pipe() -> RawFd {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills our array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        crate::die_early("pipe2 failed");
-    }
+    let fds = match pipe_cloexec(true) {
+        Ok(fds) => fds,
+        Err(e) => crate::die_early(&format!("pipe2 failed: {e}")),
+    };
     let old = SIG_WR.swap(fds[1], Ordering::Relaxed);
     if old >= 0 {
         // A forked worker drops its parent's pipe (both ends) and starts its own.

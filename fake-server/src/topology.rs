@@ -16,12 +16,10 @@ use crate::signals::{
 use crate::{fork, hard_exit, mcp, pid, Server};
 
 fn pipe() -> (RawFd, RawFd) {
-    let mut p = [0; 2];
-    // SAFETY: pipe2 fills our array.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        crate::die_early(&format!("pipe2: {}", std::io::Error::last_os_error()));
+    match crate::signals::pipe_cloexec(false) {
+        Ok([r, w]) => (r, w),
+        Err(e) => crate::die_early(&format!("pipe2: {e}")),
     }
-    (p[0], p[1])
 }
 
 fn close(fd: RawFd) {

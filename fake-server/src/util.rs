@@ -123,9 +123,9 @@ pub fn write_json_atomic(path: &Path, v: &Value) -> std::io::Result<()> {
 /// 4 random bytes as 8 lowercase hex (Python's `secrets.token_hex(4)`).
 pub fn hex8() -> String {
     let mut b = [0u8; 4];
-    // SAFETY: getrandom fills our buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
-    if n != 4 {
+    // SAFETY: getentropy fills our 4-byte buffer (Linux and macOS alike).
+    let rc = unsafe { libc::getentropy(b.as_mut_ptr().cast(), 4) };
+    if rc != 0 {
         // Fall back to time+pid; uniqueness, not secrecy, is what matters here.
         let x = (mono_ns() as u32) ^ std::process::id().rotate_left(16);
         b = x.to_le_bytes();
