@@ -74,7 +74,7 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "SHAPE")]
     pub argv_shape: Option<shape::Shape>,
     /// The interpreter path in the shaped argv [default: ~/.local/share/uv/tools/memtomem/bin/python;
-    /// uvx: ~/.cache/uv/archive-v0/<id>/bin/python].
+    /// uvx: ~/.cache/uv/archive-v0/<id>/bin/python; uv-run: ~/src/memtomem/.venv/bin/python3].
     #[arg(long, value_name = "PATH", requires = "argv_shape")]
     pub argv_python: Option<PathBuf>,
 }

@@ -7,9 +7,11 @@
 //! | `python-m` | `<py> -m memtomem.server` (what `mm init` writes for uv tool, pipx, venv) | basename of `<py>` |
 //! | `serve` | `<py> <bin>/memtomem serve` (`mm serve`, the MCP registry's `uvx memtomem==V serve`) | `memtomem` |
 //! | `uvx` | `<cache>/archive-v0/<id>/bin/python <same>/bin/memtomem-server` (a plugin's `uvx --from memtomem[onnx]==V memtomem-server`) | `memtomem-server` |
+//! | `uv-run` | `<dir>/.venv/bin/python3 <same>/bin/memtomem-server` (a source checkout's `uv run --directory <dir> memtomem-server`: uv runs the project venv's console script) | `memtomem-server` |
 //!
 //! `<py>` is `--argv-python`, by default `$HOME/.local/share/uv/tools/memtomem/bin/python`
-//! (`uvx`: `$HOME/.cache/uv/archive-v0/<id>/bin/python`); `<bin>` is its directory.
+//! (`uvx`: `$HOME/.cache/uv/archive-v0/<id>/bin/python`; `uv-run`:
+//! `$HOME/src/memtomem/.venv/bin/python3`); `<bin>` is its directory.
 //!
 //! How: the process re-executes itself (same pid, before anything else happens) with
 //! that argv; its real arguments travel in `FAKE_SERVER_SHAPED_ARGS` (JSON), so the
@@ -29,6 +31,9 @@ pub const ARGS_ENV: &str = "FAKE_SERVER_SHAPED_ARGS";
 /// An archive id shaped like uv's (16 characters of URL-safe base64).
 const UVX_ARCHIVE: &str = "Fk3kHc2vZ8dLxq1a";
 
+/// A source checkout's project venv interpreter, under HOME (`uv run --directory`).
+const UV_RUN_PYTHON: &str = "src/memtomem/.venv/bin/python3";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Shape {
     /// `<py> <bin>/memtomem-server`
@@ -39,6 +44,8 @@ pub enum Shape {
     Serve,
     /// `<uv cache>/archive-v0/<id>/bin/python <same>/bin/memtomem-server`
     Uvx,
+    /// `<dir>/.venv/bin/python3 <same>/bin/memtomem-server` (`uv run --directory <dir>`)
+    UvRun,
 }
 
 impl Shape {
@@ -47,6 +54,7 @@ impl Shape {
         let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into()));
         match self {
             Shape::Uvx => home.join(format!(".cache/uv/archive-v0/{UVX_ARCHIVE}/bin/python")),
+            Shape::UvRun => home.join(UV_RUN_PYTHON),
             _ => home.join(".local/share/uv/tools/memtomem/bin/python"),
         }
     }
@@ -56,7 +64,7 @@ impl Shape {
         let bin = py.parent().unwrap_or(Path::new("/"));
         let script = |name: &str| bin.join(name).into_os_string();
         match self {
-            Shape::EntryPoint | Shape::Uvx => (
+            Shape::EntryPoint | Shape::Uvx | Shape::UvRun => (
                 vec![py.into(), script("memtomem-server")],
                 "memtomem-server".into(),
             ),

@@ -30,7 +30,7 @@ use testkit::proc::{argv as cmdline, running};
 #[test]
 fn argv_shapes_look_like_the_field_and_still_serve() {
     let py = "/opt/tools/memtomem/bin/python3.12";
-    let cases: [(&str, &[&str], &str); 4] = [
+    let cases: [(&str, &[&str], &str); 5] = [
         (
             "entry-point",
             &[py, "/opt/tools/memtomem/bin/memtomem-server"],
@@ -44,6 +44,11 @@ fn argv_shapes_look_like_the_field_and_still_serve() {
         ),
         (
             "uvx",
+            &[py, "/opt/tools/memtomem/bin/memtomem-server"],
+            "memtomem-server",
+        ),
+        (
+            "uv-run",
             &[py, "/opt/tools/memtomem/bin/memtomem-server"],
             "memtomem-server",
         ),
@@ -92,6 +97,17 @@ fn uvx_shape_defaults_to_a_uv_cache_archive_path() {
         assert!(rest.ends_with(leaf), "{a}");
         assert_eq!(rest.components().count(), 3, "<id>/{leaf}: {a}");
     }
+}
+
+#[test]
+fn uv_run_shape_defaults_to_a_project_venv() {
+    let sb = Sandbox::new();
+    let mut p = sb.spawn("s", &["--argv-shape", "uv-run"]);
+    p.ready();
+    let bin = sb.home.join("src/memtomem/.venv/bin");
+    let want = [bin.join("python3"), bin.join("memtomem-server")];
+    let want: Vec<String> = want.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(cmdline(p.pid()), want);
 }
 
 #[test]
