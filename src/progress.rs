@@ -1,10 +1,10 @@
 //! What a person watching a terminal sees while the upgrade runs: each step
 //! as it happens (a spinner while uv stages and while the staged server is
 //! proven, a line when a step is done) and a closing line with the elapsed
-//! time and how long the servers were down. Rendered on stderr only when it
-//! is a terminal and `--json` is off, so piped output stays what it was. The
-//! engine never calls this directly: [`crate::ui::Ui`] feeds it the run's
-//! events and its few step hooks.
+//! time and how long after the first stop the new version was in place.
+//! Rendered on stderr only when it is a terminal and `--json` is off, so
+//! piped output stays what it was. The engine never calls this directly:
+//! [`crate::ui::Ui`] feeds it the run's events and its few step hooks.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -221,14 +221,27 @@ impl Steps {
 }
 
 /// The last line of a run whose report is `doc`, `took` after it started:
-/// whether it succeeded, and what it did to the servers.
+/// whether it succeeded, and what it did to the servers. The downtime is the
+/// window from the first stop to the new version in place; nothing restarts
+/// a stopped server but its host, so the line never says they are back
+/// unless every host was seen starting the new version (`clients`).
 fn closing_line(doc: &Map<String, Value>, took: &str) -> (bool, String) {
     let ok = doc.get("ok").and_then(Value::as_bool).unwrap_or(false);
     let down = doc.get("downtime_ms").and_then(Value::as_f64);
     let version = doc.get("version").and_then(Value::as_str);
     let line = match (ok, down, version) {
         (true, Some(d), Some(v)) => {
-            format!("Done in {took}; the servers were down {d:.0} ms (first stop → {v} in place)")
+            let clients = doc.get("clients").and_then(Value::as_array);
+            let all_back = clients.is_some_and(|c| {
+                !c.is_empty()
+                    && c.iter()
+                        .all(|h| h.get("respawned").is_some_and(|r| !r.is_null()))
+            });
+            let after = match all_back {
+                true => "every host has started it again",
+                false => "a stopped server is down until its host starts it again",
+            };
+            format!("Done in {took}; {v} was in place {d:.0} ms after the first stop; {after}")
         }
         (true, _, _) if doc.contains_key("dry_run") => {
             format!("Dry run done in {took}; nothing was changed")
@@ -241,7 +254,7 @@ fn closing_line(doc: &Map<String, Value>, took: &str) -> (bool, String) {
         (false, d, _) => {
             let code = doc.get("exit_code").and_then(Value::as_u64).unwrap_or(1);
             let down = d
-                .map(|d| format!("; the servers were down {d:.0} ms"))
+                .map(|d| format!("; the new version was in place {d:.0} ms after the first stop"))
                 .unwrap_or_default();
             format!("Failed after {took} (exit {code}){down}")
         }
@@ -282,13 +295,21 @@ mod tests {
             };
             closing_line(&m, "1.2 s")
         };
-        let done = line(serde_json::json!({"ok": true, "version": "0.6.12", "downtime_ms": 54.4}));
+        let done = line(
+            serde_json::json!({"ok": true, "version": "0.6.12", "downtime_ms": 54.4,
+            "clients": [{"respawned": {"pid": 9, "version": "0.6.12"}}, {"respawned": null}]}),
+        );
         assert_eq!(
             done,
-            (
-                true,
-                "Done in 1.2 s; the servers were down 54 ms (first stop → 0.6.12 in place)".into()
-            )
+            (true, "Done in 1.2 s; 0.6.12 was in place 54 ms after the first stop; a stopped server is down until its host starts it again".into())
+        );
+        let back = line(
+            serde_json::json!({"ok": true, "version": "0.6.12", "downtime_ms": 54.4,
+            "clients": [{"respawned": {"pid": 9, "version": "0.6.12"}}]}),
+        );
+        assert_eq!(
+            back.1,
+            "Done in 1.2 s; 0.6.12 was in place 54 ms after the first stop; every host has started it again"
         );
         let dry = line(serde_json::json!({"ok": true, "dry_run": true, "version": null}));
         assert_eq!(dry.1, "Dry run done in 1.2 s; nothing was changed");
@@ -304,7 +325,8 @@ mod tests {
             failed,
             (
                 false,
-                "Failed after 1.2 s (exit 5); the servers were down 12 ms".into()
+                "Failed after 1.2 s (exit 5); the new version was in place 12 ms after the first stop"
+                    .into()
             )
         );
     }

@@ -230,8 +230,10 @@ fn a_terminal_sees_each_step_a_spinner_colour_and_the_closing_line() {
     );
     let done = run[at[4]];
     assert!(
-        done.contains(" s; the servers were down ")
-            && done.ends_with(" ms (first stop → 0.6.12 in place)"),
+        done.contains(" s; 0.6.12 was in place ")
+            && done.ends_with(
+                " ms after the first stop; a stopped server is down until its host starts it again"
+            ),
         "{done}"
     );
     assert!(
