@@ -406,8 +406,8 @@ mod tests {
         let path = tmp.path().join("server.pid");
         fs::write(&path, b"4242\n").unwrap();
         let file = open_nofollow(&path).unwrap();
-        // SAFETY: F_GETFD on a descriptor we own.
-        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFD) };
-        assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "{flags}");
+        let flags =
+            nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(flags & libc::FD_CLOEXEC != 0, "{flags}");
     }
 }

@@ -210,9 +210,8 @@ rusty_fork_test! {
     fn tool_lock_and_barrier_are_closed_on_exec() {
         use std::os::fd::AsRawFd;
         let cloexec = |f: &File| {
-            // SAFETY: F_GETFD on a descriptor we own.
-            let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
-            flags >= 0 && flags & libc::FD_CLOEXEC != 0
+            nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD)
+                .is_ok_and(|flags| flags & libc::FD_CLOEXEC != 0)
         };
         let tmp = tempfile::tempdir().unwrap();
         let tool = lock_tool_dir(&tmp.path().join("tools")).unwrap();
