@@ -18,7 +18,10 @@
 //!
 //! One test must prove the real default paths, with no override anywhere:
 //! `default_paths_one_server_is_stopped_and_0_6_12_installed_json`. It uses
-//! `/tmp/memtomem-<euid>` as users' servers do, so it is `#[serial]`; if a
+//! `/tmp/memtomem-<euid>` as users' servers do, so it is `#[serial]` and
+//! every other test here `#[parallel]` on the same key: none of their
+//! servers (another installation's old code to a machine-wide scan, exit 6)
+//! is alive while it runs. If a
 //! foreign live server or marker is there (mm-upgrade would stop it), it says
 //! so and skips, touching nothing (with `MM_TEST_REQUIRE_DEFAULT_PATHS=1` it
 //! fails instead). Afterwards it removes only the entries that appeared
@@ -42,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use serial_test::serial;
+use serial_test::{parallel, serial};
 
 #[path = "common/scratch.rs"]
 mod scratch;
@@ -134,6 +137,7 @@ fn default_paths_one_server_is_stopped_and_0_6_12_installed_json() {
 
 /// (a) the human report prints the pid and the pid file.
 #[test]
+#[parallel(real_memtomem)]
 fn one_server_is_stopped_and_0_6_12_installed_human() {
     let sc = Scratch::with(OLD);
     let rt = Runtime::isolated(&sc, "one_server_is_stopped_and_0_6_12_installed_human");
@@ -162,6 +166,7 @@ fn one_server_is_stopped_and_0_6_12_installed_human() {
 /// runs the new code (started after the install, no deleted mapping of the
 /// installation), and the run reports success.
 #[test]
+#[parallel(real_memtomem)]
 fn respawned_servers_end_up_running_the_new_code() {
     let sc = Scratch::with(OLD);
     let rt = Runtime::isolated(&sc, "respawned_servers_end_up_running_the_new_code");
@@ -203,6 +208,7 @@ fn respawned_servers_end_up_running_the_new_code() {
 
 /// (c) --dry-run changes nothing.
 #[test]
+#[parallel(real_memtomem)]
 fn dry_run_changes_nothing() {
     let sc = Scratch::with(OLD);
     let rt = Runtime::isolated(&sc, "dry_run_changes_nothing");
@@ -229,6 +235,7 @@ fn dry_run_changes_nothing() {
 
 /// (d) an impossible version fails before the running server is stopped.
 #[test]
+#[parallel(real_memtomem)]
 fn impossible_version_fails_before_stopping_anything() {
     let sc = Scratch::with(OLD);
     let rt = Runtime::isolated(&sc, "impossible_version_fails_before_stopping_anything");
@@ -253,6 +260,7 @@ fn impossible_version_fails_before_stopping_anything() {
 /// (e) a server frozen with SIGSTOP gets SIGCONT after SIGTERM and exits
 /// within the grace period, no SIGKILL.
 #[test]
+#[parallel(real_memtomem)]
 fn stopped_server_is_continued_and_exits_on_sigterm() {
     let sc = Scratch::with(OLD);
     let rt = Runtime::isolated(&sc, "stopped_server_is_continued_and_exits_on_sigterm");
@@ -286,6 +294,7 @@ fn stopped_server_is_continued_and_exits_on_sigterm() {
 /// (f) a server whose parent never reaps it: its exit is seen at once, the
 /// grace period (30 s) is not waited out.
 #[test]
+#[parallel(real_memtomem)]
 fn server_with_a_non_reaping_parent_is_not_waited_on() {
     let sc = Scratch::with(OLD);
     let rt = Runtime::isolated(&sc, "server_with_a_non_reaping_parent_is_not_waited_on");
@@ -319,6 +328,7 @@ fn server_with_a_non_reaping_parent_is_not_waited_on() {
 /// (g) issue 6: `status` calls a server that survived a plain
 /// `uv tool install --reinstall` stale (exit 6) and a fresh one current.
 #[test]
+#[parallel(real_memtomem)]
 fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
     let sc = Scratch::with(OLD);
     let rt = Runtime::isolated(
@@ -363,6 +373,7 @@ fn status_tells_a_server_that_survived_a_plain_reinstall_from_a_fresh_one() {
 /// is the staged copy, so the running server keeps serving and 0.6.11 is
 /// untouched; nothing is left in uv's tool dir.
 #[test]
+#[parallel(real_memtomem)]
 fn failed_install_leaves_the_server_running_and_0_6_11_untouched() {
     let sc = Scratch::with(OLD);
     let rt = Runtime::isolated(
@@ -419,6 +430,7 @@ exec "{uv}" "$@"
 }
 
 #[test]
+#[parallel(real_memtomem)]
 fn export_lines_are_parsed_like_bash_does() {
     let vars = parse_exports(
         "# comment\nexport MM_TEST_UV=/a\\ b/uv\nexport UV_PYTHON='/x/y'\nexport EMPTY=\n",
