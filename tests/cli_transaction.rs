@@ -173,7 +173,10 @@ fn a_new_environment_that_fails_its_check_in_place_is_exchanged_back() {
 #[test]
 fn a_staging_that_outlasts_the_uv_timeout_stops_nothing() {
     let args = ["--uv-timeout", "200ms", "--version", "0.6.12"];
-    let (doc, _) = fails_before_any_stop("sleep:1000", &args, 5);
+    // A staging that takes 50 times the bound: a loaded machine that stalls mm-upgrade
+    // for a second still finds uv running when it looks (1 s here made 1 in 70 stress
+    // iterations see a finished staging).
+    let (doc, _) = fails_before_any_stop("sleep:10000", &args, 5);
     assert!(
         doc["error"].as_str().unwrap().contains("timed out"),
         "{doc}"
