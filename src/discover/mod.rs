@@ -304,21 +304,20 @@ pub fn discover_in(os: &dyn Os, scope: &Scope) -> Inventory {
     inv
 }
 
-/// Processes of this installation that hold no memtomem file. One read of
-/// argv per process filters the table (a thousand unrelated processes cost a
-/// thousand small reads); only candidates get their owner, state,
-/// executable and working directory read.
+/// Processes of this installation that hold no memtomem file. Rule (b)
+/// needs the executable to be one of the env's interpreters, so one look at
+/// each process's executable (a `stat`, cheaper than reading its argv)
+/// filters the table; only candidates get their owner, state, argv and
+/// working directory read.
 fn scan_installation(inv: &mut Inventory, cx: &Cx) {
+    let interpreters = cx.scope.install.interpreters();
+    if interpreters.is_empty() {
+        return;
+    }
     for pid in cx.os.pids() {
         if proof::never_signalled(pid, cx.scope.protected)
             || inv.instances.iter().any(|i| i.pid == Some(pid))
-        {
-            continue;
-        }
-        let argv = cx.os.cmdline(pid);
-        if !argv
-            .iter()
-            .any(|a| a.contains("memtomem") || a.contains("python"))
+            || !cx.os.exe(pid).is_some_and(|e| interpreters.contains(&e))
         {
             continue;
         }

@@ -57,6 +57,27 @@ impl Installation {
         self.tool_dir.as_deref()
     }
 
+    /// The files `<env>/bin/python*` lead to: rule (b) requires a process's
+    /// executable to be one of them, so a scan can rule out every other
+    /// process with one look at its executable.
+    pub fn interpreters(&self) -> Vec<FileId> {
+        let Some(env_dir) = &self.env_dir else {
+            return Vec::new();
+        };
+        let Ok(dir) = fs::read_dir(env_dir.join("bin")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<FileId> = dir
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("python"))
+            .filter_map(|e| fs::metadata(e.path()).ok())
+            .map(|m| FileId::of(&m))
+            .collect();
+        out.sort_by_key(|f| (f.dev, f.ino));
+        out.dedup();
+        out
+    }
+
     /// Evidence that `pid` runs this installation's own interpreter on one
     /// of its entry points, if it does. Only the process's executable, argv
     /// and working directory are read; nothing of it is executed, and an
