@@ -406,8 +406,7 @@ mod tests {
         let path = tmp.path().join("server.pid");
         fs::write(&path, b"4242\n").unwrap();
         let file = open_nofollow(&path).unwrap();
-        let flags =
-            nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        let flags = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert!(flags & libc::FD_CLOEXEC != 0, "{flags}");
     }
 }
