@@ -81,7 +81,7 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             match clap_mangen::Man::new(cli::Cli::command()).render(&mut page) {
                 Ok(()) => document(&page, "the man page"),
                 Err(e) => {
-                    ui::errln!("error: cannot render the man page: {e}");
+                    ui::error_line(format_args!("cannot render the man page: {e}"));
                     exit::INTERNAL
                 }
             }
@@ -91,12 +91,12 @@ pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         Some(cli::Command::Reap(args)) => reap::run(&cli.common, args),
         None => match cli::Settings::resolve(&cli.upgrade, &cli.common) {
             Err(msg) => {
-                ui::errln!("error: {msg}");
+                ui::error_line(msg);
                 exit::USAGE
             }
             Ok(settings) => match ui::Ui::new(settings.json, settings.events.as_deref()) {
                 Err(e) => {
-                    ui::errln!("error: cannot open events file: {e}");
+                    ui::error_line(format_args!("cannot open events file: {e}"));
                     exit::USAGE
                 }
                 Ok(mut ui) => run::upgrade(&settings, &mut ui),
@@ -112,7 +112,7 @@ fn document(bytes: &[u8], what: &str) -> u8 {
     match ui::document(bytes) {
         Ok(()) => exit::OK,
         Err(e) => {
-            ui::errln!("error: cannot write {what}: {e}");
+            ui::error_line(format_args!("cannot write {what}: {e}"));
             exit::INTERNAL
         }
     }

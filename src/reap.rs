@@ -47,7 +47,7 @@ pub fn run(common: &Common, args: &ReapArgs) -> u8 {
     let mut ui = match Ui::new(common.json, None) {
         Ok(ui) => ui,
         Err(e) => {
-            crate::ui::errln!("error: {e}");
+            crate::ui::error_line(e);
             return exit::INTERNAL;
         }
     };
@@ -209,7 +209,7 @@ fn finish(
     if let Err(e) = &outcome {
         out.insert("error".into(), json!(e));
         if !ui.json {
-            crate::ui::errln!("error: {e}");
+            ui.error(e);
         }
     }
     out.append(&mut doc);

@@ -16,7 +16,7 @@ pub fn run(common: &Common) -> u8 {
         } else if ok {
             crate::ui::outln!("{msg}");
         } else {
-            crate::ui::errln!("error: {msg}");
+            crate::ui::error_line(msg);
         }
         code
     };

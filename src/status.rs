@@ -268,7 +268,7 @@ pub fn run(common: &Common) -> u8 {
             crate::ui::outln!("  unverifiable: {p}");
         }
         for w in &warnings {
-            crate::ui::errln!("warning: {w}");
+            crate::ui::warning_line(w);
         }
         if stale_count > 0 {
             crate::ui::outln!("{stale_count} process(es) still run old code: restart them.");

@@ -37,6 +37,31 @@ macro_rules! errln {
 }
 pub(crate) use errln;
 
+/// An `error:` line on stderr outside a run's [`Ui`] (`status`, `recover`,
+/// `reap`, a bad flag), its label coloured as the run's and clap's are.
+pub fn error_line(line: impl std::fmt::Display) {
+    err(format_args!(
+        "{}\n",
+        labelled(anstyle::AnsiColor::Red, "error:", line)
+    ));
+}
+
+/// The same for a `warning:` line.
+pub fn warning_line(line: impl std::fmt::Display) {
+    err(format_args!(
+        "{}\n",
+        labelled(anstyle::AnsiColor::Yellow, "warning:", line)
+    ));
+}
+
+/// `label line`, the label bold in `colour` when stderr takes colour
+/// (a terminal without NO_COLOR, or CLICOLOR_FORCE): plain on a pipe.
+fn labelled(colour: anstyle::AnsiColor, label: &str, line: impl std::fmt::Display) -> String {
+    let on = crate::progress::colour_on_stderr();
+    let label = crate::progress::paint(on, colour.on_default().bold(), label);
+    format!("{label} {line}")
+}
+
 /// The whole output of a command whose only job is that output (`man`,
 /// `completions`). A reader that went away (EPIPE, as in `| head -1`) is
 /// success; any other failure (ENOSPC, EIO) is returned for the caller to
@@ -101,11 +126,10 @@ impl Ui {
 
     /// `label line` on stderr, the label coloured as clap colours its own.
     fn labelled(&mut self, colour: anstyle::AnsiColor, label: &str, line: &str) {
-        let on = crate::progress::colour_on_stderr();
-        let label = crate::progress::paint(on, colour.on_default().bold(), label);
+        let text = labelled(colour, label, line);
         let _ = self
             .steps
-            .suspend(|| writeln!(io::stderr().lock(), "{label} {line}"));
+            .suspend(|| writeln!(io::stderr().lock(), "{text}"));
     }
 
     /// A slow step of the run begins (a spinner on a terminal; nothing else).

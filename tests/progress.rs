@@ -310,3 +310,59 @@ fn piped_output_has_no_escape_codes_and_no_progress() {
         );
     }
 }
+
+/// The `error:` and `warning:` labels of `status`, `recover`, `reap` and a
+/// bad `--events` are coloured as the upgrade's (CLICOLOR_FORCE paints them
+/// even on a pipe) and plain on a pipe otherwise.
+#[test]
+fn labels_outside_an_upgrade_are_coloured_like_the_upgrades() {
+    let sb = Sandbox::new();
+    let no_events = sb.path("no/such/dir/events");
+    let _uv_lock = common::FlockHolder::hold(&sb.path("tools/.lock"));
+    let cases: [(Vec<&std::ffi::OsStr>, i32, &str); 4] = [
+        (
+            vec!["status".as_ref(), "--uv".as_ref(), "/nonexistent".as_ref()],
+            0,
+            "warning:",
+        ),
+        (
+            vec!["recover".as_ref(), "--uv".as_ref(), "/nonexistent".as_ref()],
+            5,
+            "error:",
+        ),
+        (vec!["reap".as_ref(), "-y".as_ref()], 3, "error:"),
+        (
+            vec![
+                "--dry-run".as_ref(),
+                "--events".as_ref(),
+                no_events.as_os_str(),
+            ],
+            2,
+            "error:",
+        ),
+    ];
+    for (args, code, label) in cases {
+        for force in [true, false] {
+            let mut cmd = sb.upgrader();
+            cmd.args(&args)
+                .env_remove("NO_COLOR")
+                .env_remove("CLICOLOR_FORCE");
+            if force {
+                cmd.env("CLICOLOR_FORCE", "1");
+            }
+            let out = cmd.assert().code(code).get_output().clone();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(label))
+                .unwrap_or_else(|| panic!("{args:?}: no {label} line in {stderr:?}"));
+            match force {
+                true => assert!(
+                    line.starts_with("\x1b[") && line.contains(&format!("{label}\x1b[0m ")),
+                    "{args:?}: {label} not painted: {line:?}"
+                ),
+                false => assert!(line.starts_with(label), "{args:?}: {line:?}"),
+            }
+        }
+    }
+}
