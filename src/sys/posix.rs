@@ -179,7 +179,11 @@ pub fn poll_readable(fds: &[i32], timeout: Duration, abort: &dyn Fn() -> bool) -
         // SAFETY: pfds is a valid array of pollfd of the given length.
         let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
         if rc > 0 {
-            return true;
+            // Only data or a hang-up is an answer: POLLNVAL/POLLERR alone (a
+            // descriptor closed by mistake) must never read as an exit.
+            return pfds
+                .iter()
+                .any(|p| p.revents & (libc::POLLIN | libc::POLLHUP) != 0);
         }
         if rc == 0 || left.is_zero() || abort() {
             return false;
@@ -224,5 +228,35 @@ pub(super) fn rename_with(from: &Path, to: &Path, flags: libc::c_uint) -> io::Re
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_descriptor_is_not_readable() {
+        // No process has this descriptor open: poll answers POLLNVAL at once.
+        assert!(!poll_readable(
+            &[i32::MAX - 1],
+            Duration::from_millis(20),
+            &|| false
+        ));
+    }
+
+    #[test]
+    fn data_and_hang_up_are_readable() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        // std makes both ends close-on-exec: a sibling test's child never
+        // holds the end this test drops.
+        let (r, mut w) = UnixStream::pair().unwrap();
+        assert!(!poll_readable(&[r.as_raw_fd()], Duration::ZERO, &|| false));
+        w.write_all(b"x").unwrap();
+        assert!(poll_readable(&[r.as_raw_fd()], Duration::ZERO, &|| false));
+        let (r2, w2) = UnixStream::pair().unwrap();
+        drop(w2);
+        assert!(poll_readable(&[r2.as_raw_fd()], Duration::ZERO, &|| false));
     }
 }
