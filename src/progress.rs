@@ -243,10 +243,21 @@ fn closing_line(doc: &Map<String, Value>, took: &str) -> (bool, String) {
             };
             format!("Done in {took}; {v} was in place {d:.0} ms after the first stop; {after}")
         }
-        (true, _, _) if doc.contains_key("dry_run") => {
+        (true, _, _) if doc.get("dry_run") == Some(&Value::Bool(true)) => {
             format!("Dry run done in {took}; nothing was changed")
         }
         (true, _, _) if doc.contains_key("cancelled") => "Cancelled; nothing was changed".into(),
+        // `reap`'s report (the only one with `orphans`).
+        (true, _, _) if doc.contains_key("orphans") => {
+            match doc
+                .get("killed")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+            {
+                0 => format!("Done in {took}; no orphan was stopped"),
+                n => format!("Done in {took}; {n} orphan(s) stopped"),
+            }
+        }
         (true, _, Some(v)) if doc.contains_key("up_to_date") => {
             format!("Done in {took}; memtomem {v} was already installed, nothing was stopped")
         }
@@ -318,6 +329,10 @@ mod tests {
             same.1,
             "Done in 1.2 s; memtomem 0.6.12 was already installed, nothing was stopped"
         );
+        let reaped = line(serde_json::json!({"ok": true, "orphans": [{}, {}], "killed": [7, 8]}));
+        assert_eq!(reaped, (true, "Done in 1.2 s; 2 orphan(s) stopped".into()));
+        let none = line(serde_json::json!({"ok": true, "orphans": [], "dry_run": false}));
+        assert_eq!(none.1, "Done in 1.2 s; no orphan was stopped");
         let no = line(serde_json::json!({"ok": true, "cancelled": true}));
         assert_eq!(no.1, "Cancelled; nothing was changed");
         let failed = line(serde_json::json!({"ok": false, "exit_code": 5, "downtime_ms": 12.0}));

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{path_env, Common, ReapArgs};
 use crate::discover::{self, Instance, Scope};
-use crate::stop::{self, RealOps, StopConfig};
+use crate::stop::{self, StopConfig};
 use crate::sys::Pid;
 use crate::ui::{Confirm, Ui};
 use crate::{clean, exit, hosts, plan, sys};
@@ -119,7 +119,7 @@ pub fn run(common: &Common, args: &ReapArgs) -> u8 {
         grace: args.grace,
         kill_wait: Duration::from_secs(3),
     };
-    let records = stop::stop_all(&RealOps::default(), &targets, cfg);
+    let records = stop::stop_all_reported(&mut ui, &targets, cfg);
     let mut removed: Vec<PathBuf> = Vec::new();
     clean::after_stop(&orphans, &records, &mut removed, &mut warnings, &mut ui);
     let killed: Vec<Pid> = records
@@ -221,5 +221,7 @@ fn finish(
             ui.warn(w);
         }
     }
+    // The closing line on a terminal, as the upgrade's.
+    ui.finished(&out);
     code
 }

@@ -92,6 +92,32 @@ struct Live<H> {
     signalled_at: Option<Duration>,
 }
 
+/// [`stop_all`] on the real OS, telling `ui` as it goes (`signalling` per
+/// target, then `signalled`, `escalated` and `exited` per record): the
+/// terminal's step lines and `--events` of the upgrade and of `reap`.
+pub fn stop_all_reported(
+    ui: &mut crate::ui::Ui,
+    targets: &[StopTarget],
+    cfg: StopConfig,
+) -> Vec<StopRecord> {
+    use serde_json::json;
+    for t in targets {
+        ui.event("signalling", json!({"pid": t.pid, "role": t.role}));
+    }
+    let recs = stop_all(&RealOps::default(), targets, cfg);
+    for r in &recs {
+        ui.event(
+            "signalled",
+            json!({"pid": r.pid, "signals": r.signals, "via": r.via}),
+        );
+        if r.escalated.is_some() {
+            ui.event("escalated", json!({"pid": r.pid, "why": r.escalated}));
+        }
+        ui.event("exited", json!({"pid": r.pid, "confirmed_by": r.confirmed_by, "after_ms": r.after_ms, "error": r.error}));
+    }
+    recs
+}
+
 /// Stop every target concurrently: signal all, then wait on all at once, so
 /// eight servers cost one grace period, not eight.
 pub fn stop_all<O: ProcessOps>(

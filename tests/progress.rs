@@ -5,6 +5,8 @@
 //! pipe. Fake servers and the stand-in uv, each test in its own sandbox.
 
 mod common;
+#[path = "common/hosts.rs"]
+mod hosts;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -365,4 +367,36 @@ fn labels_outside_an_upgrade_are_coloured_like_the_upgrades() {
             }
         }
     }
+}
+
+/// `reap` on a terminal: its stop as a step line (the upgrade's) and a
+/// closing line saying how many orphans were stopped.
+#[test]
+fn a_terminal_sees_reaps_stop_and_its_closing_line() {
+    let sb = Sandbox::new();
+    let orphan = hosts::Orphan::start(&sb, "orphan");
+    let mm = assert_cmd::cargo::cargo_bin("mm-upgrade")
+        .display()
+        .to_string();
+    let tmux = Tmux::start(&sb, "r");
+    tmux.type_line("r", &format!("{mm} reap -y; echo exit=$?"));
+    let screen = tmux.wait("r", "reap to end", |s| s.contains("exit=0"));
+    let run = since(&screen, "reap -y; echo exit=$?");
+    let stopped = position(
+        &run,
+        &format!("✓ Stopped pid {} (server, SIGTERM) (", orphan.pid()),
+    );
+    let done = position(&run, "✓ Done in ");
+    assert!(stopped < done, "{}", run.join("\n"));
+    assert!(
+        run[done].ends_with(" s; 1 orphan(s) stopped"),
+        "{}",
+        run[done]
+    );
+    assert!(
+        !run.iter().any(|l| l.starts_with(|c| TICKS.contains(c))),
+        "a spinner was left on the screen:\n{}",
+        run.join("\n")
+    );
+    assert!(!orphan.alive());
 }

@@ -9,7 +9,7 @@ use super::report::{join, refusal_text, Ctx, Progress};
 use crate::discover;
 use crate::error::UpgradeError;
 use crate::plan;
-use crate::stop::{self, RealOps, StopConfig, StopRecord};
+use crate::stop::{self, StopConfig, StopRecord};
 use crate::sys;
 use crate::{clean, verify};
 
@@ -185,23 +185,7 @@ fn stop_instances(
     cfg: StopConfig,
 ) -> Vec<StopRecord> {
     let targets = plan::stop_targets(instances, &cx.protected);
-    for t in &targets {
-        cx.ui
-            .event("signalling", json!({"pid": t.pid, "role": t.role}));
-    }
-    let recs = stop::stop_all(&RealOps::default(), &targets, cfg);
-    for r in &recs {
-        cx.ui.event(
-            "signalled",
-            json!({"pid": r.pid, "signals": r.signals, "via": r.via}),
-        );
-        if r.escalated.is_some() {
-            cx.ui
-                .event("escalated", json!({"pid": r.pid, "why": r.escalated}));
-        }
-        cx.ui.event("exited", json!({"pid": r.pid, "confirmed_by": r.confirmed_by, "after_ms": r.after_ms, "error": r.error}));
-    }
-    recs
+    stop::stop_all_reported(cx.ui, &targets, cfg)
 }
 
 /// How long a respawn still starting up at the switch may take to register
