@@ -186,7 +186,10 @@ pub fn plan_lines(found: &[(Instance, hosts::Launch)], grace: Duration) -> Vec<S
             i.role.label(),
             i.pid.unwrap_or(0)
         ));
-        out.push(format!("      {}", hosts::words::status_launch(l)));
+        for e in &i.evidence {
+            out.push(format!("      evidence: {e}"));
+        }
+        out.push(format!("      {}", hosts::words::orphan_launch(l)));
     }
     out.push(format!(
         "  Wait up to {}s for graceful exit, then SIGKILL; remove their pid files under their locks",

@@ -41,6 +41,16 @@ fn reap_dry_run_shows_the_plan_and_changes_nothing() {
         "{text}"
     );
     assert!(text.contains("orphan: its host is gone"), "{text}");
+    // The proof, as the upgrade's plan shows it; no advice to run reap.
+    assert!(
+        text.contains(&format!(
+            "evidence: pid {} holds the flock on {}",
+            orphan.pid(),
+            orphan.pid_file().display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("`mm-upgrade reap` stops it"), "{text}");
     assert!(orphan.alive());
     assert!(exists(&orphan.pid_file()));
 }

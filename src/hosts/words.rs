@@ -56,13 +56,25 @@ pub fn upgrade_lines(clients: &[Client]) -> Vec<String> {
     out
 }
 
-/// `status`: the launcher of one process, under its line.
-pub fn status_launch(l: &Launch) -> String {
-    let via = if l.via.is_empty() {
+fn via(l: &Launch) -> String {
+    if l.via.is_empty() {
         String::new()
     } else {
         format!(" via {}", l.via.join(" → "))
-    };
+    }
+}
+
+/// An orphan's launch, in words (`reap`'s plan; `status` adds what to do).
+pub fn orphan_launch(l: &Launch) -> String {
+    format!(
+        "orphan: its host is gone (reparented to init or a subreaper){}",
+        via(l)
+    )
+}
+
+/// `status`: the launcher of one process, under its line.
+pub fn status_launch(l: &Launch) -> String {
+    let via = via(l);
     match &l.host {
         Some(h) => format!(
             "launched by {} (pid {}, {}){via}",
@@ -70,9 +82,7 @@ pub fn status_launch(l: &Launch) -> String {
             h.pid,
             h.command
         ),
-        None if l.orphan => format!(
-            "orphan: its host is gone (reparented to init or a subreaper){via}; `mm-upgrade reap` stops it"
-        ),
+        None if l.orphan => format!("{}; `mm-upgrade reap` stops it", orphan_launch(l)),
         None => format!("launcher unknown{via}"),
     }
 }
