@@ -85,9 +85,9 @@ fn the_report_says_in_words_who_lost_which_server() {
     let (_sh, server) = server_through_sh(&sb);
     let text = hosts::text_run(sb.upgrader().args(["-y", "--version", "0.6.12"]), 0);
     let want = format!(
-        "an MCP client ({}) (pid {}) lost server {server}: restart or reconnect",
-        own_command(),
-        std::process::id()
+        "an MCP client (pid {}, {}) lost server {server}: restart or reconnect",
+        std::process::id(),
+        own_command()
     );
     assert!(text.contains("The hosts of the stopped servers:"), "{text}");
     assert!(text.contains(&want), "{text}");
@@ -252,7 +252,7 @@ fn status_names_each_servers_host_and_flags_duplicates() {
     );
     assert!(
         text.contains(&format!(
-            "Duplicate: an MCP client (fake-server) (pid {launcher}) runs 3 memtomem servers"
+            "Duplicate: an MCP client (pid {launcher}, fake-server) runs 3 memtomem servers"
         )),
         "{text}"
     );

@@ -230,7 +230,7 @@ fn the_upgrade_says_in_words_which_host_lost_its_server() {
     println!("{run}");
     run.expect(0);
     let want = format!(
-        "an MCP client (python3 session.py) (pid {}) lost server {server}: restart or reconnect",
+        "an MCP client (pid {}, python3 session.py) lost server {server}: restart or reconnect",
         session.pid()
     );
     assert!(run.stdout.contains(&want), "{run}");

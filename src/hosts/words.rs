@@ -11,15 +11,16 @@ fn pids(p: &[Pid]) -> String {
         .join(", ")
 }
 
+/// A host as `status` and the plan name it under a server ("… (pid N,
+/// command)"), so one host reads the same in every output.
 fn who(c: &Client) -> String {
-    match (c.pid, c.host) {
-        (Some(pid), HostKind::McpClient | HostKind::Terminal) => format!("{} (pid {pid})", c.name),
-        (Some(pid), _) => format!(
+    match c.pid {
+        Some(pid) => format!(
             "{} (pid {pid}, {})",
-            c.name,
+            c.host.label(),
             c.command.as_deref().unwrap_or("?")
         ),
-        (None, _) => "No host".into(),
+        None => "No host".into(),
     }
 }
 
