@@ -144,6 +144,22 @@ pub fn processes_in(
     (procs, stale_count)
 }
 
+/// A server of another installation runs that installation's code, so it
+/// is stale exactly when the survey finds that code old (its version below
+/// ours, or unknown), whatever our install time says: a server pinned to the
+/// installed version is current. Returns the stale count.
+fn judge_other_installations(
+    procs: &mut [serde_json::Value],
+    others: &[crate::foreign::Foreign],
+) -> usize {
+    for p in procs.iter_mut() {
+        if let Some(f) = others.iter().find(|f| p["pid"] == f.pid) {
+            p["generation"] = json!(if f.old_code { "stale" } else { "current" });
+        }
+    }
+    procs.iter().filter(|p| p["generation"] == "stale").count()
+}
+
 /// This installation, as uv names it; without uv (or its answer) an
 /// unknown one, with a warning saying why.
 pub fn installation(common: &Common, warnings: &mut Vec<String>) -> Installation {
@@ -192,8 +208,8 @@ pub fn run(common: &Common) -> u8 {
     // version against ours, and the host configs that launch them.
     let others = crate::foreign::survey_for(&env, &install, &protected, &inv, version.as_deref());
     warnings.extend(others.warnings.iter().cloned());
-    let (mut procs, stale_count) =
-        processes_in(sys::real(), &inv, installed_at, install.env_dir.as_deref());
+    let (mut procs, _) = processes_in(sys::real(), &inv, installed_at, install.env_dir.as_deref());
+    let stale_count = judge_other_installations(&mut procs, &others.others);
     let hosts = crate::hosts::view::survey_inventory(sys::real(), &inv);
     crate::hosts::view::annotate(&mut procs, &hosts);
     let problems = inv.all_problems();
@@ -270,8 +286,15 @@ pub fn run(common: &Common) -> u8 {
         for w in &warnings {
             crate::ui::warning_line(w);
         }
-        if stale_count > 0 {
-            crate::ui::outln!("{stale_count} process(es) still run old code: restart them.");
+        // Restarting helps this installation's stale processes only; the
+        // others' block above says what to change for theirs.
+        let ours = procs
+            .iter()
+            .filter(|p| p["generation"] == "stale")
+            .filter(|p| !others.others.iter().any(|f| p["pid"] == f.pid))
+            .count();
+        if ours > 0 {
+            crate::ui::outln!("{ours} process(es) still run old code: restart them.");
         }
     }
     code

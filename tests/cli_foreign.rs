@@ -249,3 +249,24 @@ fn with_skip_pkill_a_pinned_server_is_named_but_does_not_fail_the_run() {
     assert_eq!(config(o, &claude)["entry"], "mcpServers.memtomem");
     assert!(server.alive());
 }
+
+/// A server pinned to the installed version (0.6.11 in the sandbox) runs
+/// another installation's code, but not old code: status calls it current,
+/// exits 0 and does not say "restart them" (it said stale, exit 6).
+#[test]
+fn a_pinned_server_on_the_installed_version_is_current() {
+    let sb = Sandbox::new();
+    pinned_plugin_env(&sb, "0.6.11");
+    let server = sb.server("plugin", &["--argv-shape", "uvx"]);
+    let doc = json_run(sb.upgrader().args(["status", "--json"]), 0);
+    check_schema("status", &doc);
+    assert_eq!(doc["other_installations"][0]["pid"], server.pid(), "{doc}");
+    assert_eq!(doc["other_installations"][0]["old_code"], false, "{doc}");
+    assert_eq!(doc["processes"][0]["generation"], "current", "{doc}");
+    assert_eq!(doc["stale"], 0, "{doc}");
+    sb.upgrader()
+        .arg("status")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("restart them").not());
+}
