@@ -25,6 +25,25 @@ fn fmt_wall(secs: f64) -> String {
     pidfile::format_stamp(t)
 }
 
+/// A process's start time as `status` and the plan print it: from the
+/// process table, rounded to its unit (a clock tick). The origin is "now
+/// minus the time since boot", read afresh by each run, so unrounded the
+/// same process's start moved by microseconds from one run to the next.
+pub fn fmt_start(os: &dyn Clock, start_ticks: u64) -> String {
+    fmt_rounded(os.start_wall_secs(start_ticks), os.start_unit_secs())
+}
+
+/// `secs` formatted after rounding to a multiple of `unit` (in whole
+/// nanoseconds, so no float error shows in the microseconds).
+fn fmt_rounded(secs: f64, unit: f64) -> String {
+    let unit_ns = ((unit * 1e9).round() as i128).max(1);
+    let ns = (secs * 1e9).round() as i128;
+    let ns = (ns + unit_ns / 2).div_euclid(unit_ns) * unit_ns;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ns)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    pidfile::format_stamp(t)
+}
+
 /// When the installed version was installed: the receipt's mtime (uv writes
 /// it at the end of every install).
 pub fn install_time(env_dir: &Path) -> Option<f64> {
@@ -85,7 +104,7 @@ pub fn classify_in(
             stale = true;
             evidence.push(format!(
                 "started {} before the install at {}",
-                fmt_wall(started),
+                fmt_rounded(started, os.start_unit_secs()),
                 fmt_wall(at)
             ));
         }
@@ -136,7 +155,7 @@ pub fn processes_in(
             "ppid": i.ppid,
             "role": i.role,
             "source": i.source,
-            "started": fmt_wall(started),
+            "started": fmt_start(os, i.start_ticks),
             "generation": if stale { "stale" } else { "current" },
             "evidence": evidence,
         }));
@@ -312,6 +331,21 @@ mod tests {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+
+    #[test]
+    fn a_start_time_reads_the_same_whatever_the_origins_jitter() {
+        // 2026-11-30T23:51:12.326563 and the same, read 1.4 µs later.
+        let a = 1_796_082_672.326_563_f64;
+        assert_eq!(fmt_rounded(a, 0.01), "2026-11-30T23:51:12.330000+00:00");
+        assert_eq!(fmt_rounded(a + 1.4e-6, 0.01), fmt_rounded(a, 0.01));
+        assert_eq!(fmt_rounded(a - 1.4e-6, 0.01), fmt_rounded(a, 0.01));
+        // A whole second stays whole (no float error in the microseconds),
+        // printed as Python's isoformat prints it.
+        assert_eq!(
+            fmt_rounded(1_796_082_672.0, 0.01),
+            "2026-11-30T23:51:12+00:00"
+        );
     }
 
     #[test]

@@ -160,3 +160,28 @@ fn stale_pid_files_are_removed_but_not_while_an_uninstall_holds_the_lifecycle_ba
         "a stale file's pid is never signalled"
     );
 }
+
+/// `status`, `status --json` and the plan give one start time for one pid
+/// (issue 12, point 5): the plan gave the pid file's stamp, status the
+/// process table's time, and status moved by microseconds between runs.
+#[test]
+fn status_and_the_plan_give_one_start_time_per_pid() {
+    let sb = Sandbox::new();
+    sb.set_install_time(std::time::Duration::from_secs(5));
+    let server = sb.server("s", &[]);
+    let status = json_run(sb.upgrader().args(["status", "--json"]), 0);
+    let plan = json_run(sb.upgrader().args(["--dry-run", "--json"]), 0);
+    let started = status["processes"][0]["started"].as_str().unwrap();
+    assert_eq!(status["processes"][0]["pid"], server.pid());
+    assert_eq!(plan["processes"][0]["pid"], server.pid(), "{plan}");
+    assert_eq!(plan["processes"][0]["started"], started, "{plan}\n{status}");
+    for _ in 0..5 {
+        let again = json_run(sb.upgrader().args(["status", "--json"]), 0);
+        assert_eq!(again["processes"][0]["started"], started);
+    }
+    sb.upgrader()
+        .arg("status")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(format!("started {started}")));
+}

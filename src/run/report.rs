@@ -335,7 +335,7 @@ pub(super) fn dry_run(
     d.insert("would_install".into(), json!(plan.install_argv()));
     d.insert("extras".into(), json!(extras));
     d.insert("version".into(), json!(cx.s.version));
-    d.insert("processes".into(), json!(inv.instances));
+    d.insert("processes".into(), plan_processes(&inv.instances));
     let mut ledger = crate::hosts::Ledger::default();
     let would: Vec<Pid> = plan.stops.iter().filter_map(|i| i.pid).collect();
     ledger.note(crate::sys::real(), would.iter().copied());
@@ -441,4 +441,23 @@ pub(super) fn success(
         cx.ui.say(line);
     }
     cx.finish(crate::exit::OK)
+}
+
+/// The plan's processes, each `started` from the process table as `status`
+/// gives it (the pid file's stamp is the server's own, later, reading: the
+/// two disagreed for the same pid).
+fn plan_processes(instances: &[discover::Instance]) -> Value {
+    let os = crate::sys::real();
+    Value::Array(
+        instances
+            .iter()
+            .map(|i| {
+                let mut v = json!(i);
+                if i.pid.is_some() {
+                    v["started"] = json!(crate::status::fmt_start(os, i.start_ticks));
+                }
+                v
+            })
+            .collect(),
+    )
 }
