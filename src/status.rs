@@ -146,6 +146,10 @@ pub fn processes_in(
         let Some(pid) = i.pid else { continue };
         let started = os.start_wall_secs(i.start_ticks);
         let (stale, mut evidence) = classify_in(os, pid, started, installed_at, env_dir);
+        if matches!(i.installation, crate::proof::Origin::Other(_)) {
+            // Discovery's evidence names that installation already.
+            evidence.retain(|e| !e.starts_with(OTHER_INSTALLATION));
+        }
         evidence.splice(0..0, i.evidence.iter().cloned());
         if stale {
             stale_count += 1;
@@ -447,7 +451,9 @@ mod tests {
             let ev = |pid: i32| by_pid(pid)["evidence"].to_string();
             assert!(ev(4001).contains("before the install"), "{}", ev(4001));
             assert!(ev(4002).contains("_native.so"), "{}", ev(4002));
-            assert!(ev(4003).contains("different installation"), "{}", ev(4003));
+            // Named once, in discovery's words (not again in classify's).
+            assert!(ev(4003).contains("runs another installation"), "{}", ev(4003));
+            assert!(!ev(4003).contains("different installation"), "{}", ev(4003));
             assert!(ev(4000).contains("holds the flock"), "{}", ev(4000));
         }
     }

@@ -264,6 +264,13 @@ fn a_pinned_server_on_the_installed_version_is_current() {
     assert_eq!(doc["other_installations"][0]["old_code"], false, "{doc}");
     assert_eq!(doc["processes"][0]["generation"], "current", "{doc}");
     assert_eq!(doc["stale"], 0, "{doc}");
+    // The installation is named once (it was, twice, in other words).
+    let evidence = doc["processes"][0]["evidence"].as_array().unwrap();
+    let naming: Vec<_> = evidence
+        .iter()
+        .filter(|e| e.as_str().unwrap().contains("Fk3kHc2vZ8dLxq1a"))
+        .collect();
+    assert_eq!(naming.len(), 1, "{doc}");
     sb.upgrader()
         .arg("status")
         .assert()
