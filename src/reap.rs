@@ -189,7 +189,7 @@ pub fn plan_lines(found: &[(Instance, hosts::Launch)], grace: Duration) -> Vec<S
         for e in &i.evidence {
             out.push(format!("      evidence: {e}"));
         }
-        out.push(format!("      {}", hosts::words::orphan_launch(l)));
+        out.push(format!("      {}", hosts::words::launch_line(l)));
     }
     out.push(format!(
         "  Wait up to {}s for graceful exit, then SIGKILL; remove their pid files under their locks",

@@ -102,11 +102,14 @@ pub fn classify_in(
         // as the receipt write is ambiguous and counted as stale.
         if started <= at + os.start_unit_secs() {
             stale = true;
-            evidence.push(format!(
-                "started {} before the install at {}",
-                fmt_rounded(started, os.start_unit_secs()),
-                fmt_wall(at)
-            ));
+            let when = fmt_rounded(started, os.start_unit_secs());
+            evidence.push(match started <= at {
+                true => format!("started {when} before the install at {}", fmt_wall(at)),
+                false => format!(
+                    "started {when}, within a clock tick of the install at {}: counted as before it",
+                    fmt_wall(at)
+                ),
+            });
         }
     }
     if let Some(env_dir) = env_dir {
@@ -234,6 +237,11 @@ pub fn run(common: &Common) -> u8 {
     let (mut procs, _) = processes_in(sys::real(), &inv, installed_at, install.env_dir.as_deref());
     let stale_count = judge_other_installations(&mut procs, &others.others);
     let hosts = crate::hosts::view::survey_inventory(sys::real(), &inv);
+    // What `mm-upgrade reap` would stop: the proven orphans only.
+    let reapable: Vec<sys::Pid> = crate::reap::orphans_in(sys::real(), &inv)
+        .iter()
+        .filter_map(|(i, _)| i.pid)
+        .collect();
     crate::hosts::view::annotate(&mut procs, &hosts);
     let problems = inv.all_problems();
     let db = env.store_path();
@@ -289,12 +297,12 @@ pub fn run(common: &Common) -> u8 {
             }
             if let Some(l) = p["pid"]
                 .as_i64()
-                .and_then(|pid| crate::hosts::view::process_line(&hosts, pid))
+                .and_then(|pid| crate::hosts::view::process_line(&hosts, pid, &reapable))
             {
                 crate::ui::outln!("      {l}");
             }
         }
-        for l in crate::hosts::view::summary_lines(&hosts) {
+        for l in crate::hosts::view::summary_lines(&hosts, &reapable) {
             crate::ui::outln!("{l}");
         }
         if let (Some(pid), Some(db)) = (writer, &db) {
@@ -349,6 +357,23 @@ mod tests {
         assert_eq!(
             fmt_rounded(1_796_082_672.0, 0.01),
             "2026-11-30T23:51:12+00:00"
+        );
+    }
+
+    #[test]
+    fn a_start_within_a_tick_after_the_install_is_not_called_before_it() {
+        let os = crate::sys::fake::FakeOs::new();
+        let at = 1_800_000_100.0;
+        let (stale, ev) = classify_in(&os, 7, at + 0.006, Some(at), None);
+        assert!(stale, "one tick of tolerance: counted as old");
+        assert_eq!(
+            ev,
+            ["started 2027-01-15T08:01:40.010000+00:00, within a clock tick of the install at 2027-01-15T08:01:40+00:00: counted as before it"]
+        );
+        let (_, ev) = classify_in(&os, 7, at - 1.0, Some(at), None);
+        assert!(
+            ev[0].ends_with(" before the install at 2027-01-15T08:01:40+00:00"),
+            "{ev:?}"
         );
     }
 

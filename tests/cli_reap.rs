@@ -104,3 +104,48 @@ fn reap_beside_another_run_is_refused_and_stops_nothing() {
     // A dry run changes nothing, so it does not need the lock.
     json_run(sb.upgrader().args(["reap", "--dry-run", "--json"]), 0);
 }
+
+/// Status promises reap only for what reap stops: of an orphaned host's
+/// many=3 servers, reap proves and stops the pid-file holder; the two
+/// secondaries (nothing proves them ours) are left, and status says so
+/// (it said "`mm-upgrade reap` stops them" of all three).
+#[test]
+fn status_promises_reap_only_for_the_orphans_it_stops() {
+    let sb = Sandbox::new();
+    sb.set_install_time(std::time::Duration::from_secs(5));
+    let orphan = hosts::Orphan::start_with(&sb, "orphan", &["--mode", "many=3"]);
+    let status = json_run(sb.upgrader().args(["status", "--json"]), 0);
+    let secondaries: Vec<i32> = status["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["role"] == "secondary")
+        .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(secondaries.len(), 2, "{status}");
+    assert_eq!(status["orphans"].as_array().unwrap().len(), 3, "{status}");
+    let text = hosts::text_run(sb.upgrader().arg("status"), 0);
+    assert!(
+        text.contains(&format!(
+            "3 orphan(s) (their host is gone, nothing will reconnect them): `mm-upgrade reap` stops 1 of them ({})",
+            orphan.pid()
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("`mm-upgrade reap` leaves it: stop it by hand")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("`mm-upgrade reap` stops it").count(),
+        1,
+        "{text}"
+    );
+    let doc = json_run(sb.upgrader().args(["reap", "-y", "--json"]), 0);
+    assert_eq!(doc["killed"], json!([orphan.pid()]), "{doc}");
+    for pid in secondaries {
+        assert!(common::alive(pid), "secondary {pid} was left alone");
+    }
+}

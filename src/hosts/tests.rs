@@ -261,7 +261,11 @@ fn survey_flags_orphans_and_duplicates_by_host_and_by_store() {
         lines[0],
         "Claude Code (pid 400, claude) runs 2 memtomem servers: 500, 501"
     );
-    assert!(words::status_launch(s.launch(502).unwrap()).starts_with("orphan"));
+    let orphan = s.launch(502).unwrap();
+    assert!(words::status_launch(orphan, true).ends_with("; `mm-upgrade reap` stops it"));
+    assert!(words::status_launch(orphan, false)
+        .ends_with("`mm-upgrade reap` leaves it: stop it by hand"));
+    assert!(!words::launch_line(orphan).contains("mm-upgrade reap"));
 }
 
 #[test]

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::{store_digest, survey, words, Listed, Survey};
 use crate::discover::{Inventory, Role};
-use crate::sys::Processes;
+use crate::sys::{Pid, Processes};
 
 /// The hosts of every process of `inv`; the store of each server (not the
 /// web UI) for duplicates.
@@ -54,20 +54,38 @@ pub fn doc_fields(s: &Survey) -> [(&'static str, Value); 3] {
 }
 
 /// The line under a process in `status`, if its launch is known.
-pub fn process_line(s: &Survey, pid: i64) -> Option<String> {
-    s.launch(pid as i32).map(words::status_launch)
+pub fn process_line(s: &Survey, pid: i64, reapable: &[Pid]) -> Option<String> {
+    let pid = pid as i32;
+    s.launch(pid)
+        .map(|l| words::status_launch(l, reapable.contains(&pid)))
 }
 
 /// The lines after the process list: duplicates and what to do with orphans.
-pub fn summary_lines(s: &Survey) -> Vec<String> {
+/// `reapable`: the orphans `mm-upgrade reap` would stop (proven ours).
+pub fn summary_lines(s: &Survey, reapable: &[Pid]) -> Vec<String> {
     let mut out: Vec<String> = words::duplicate_lines(&s.duplicates, &s.clients)
         .into_iter()
         .map(|l| format!("Duplicate: {l}."))
         .collect();
-    if !s.orphans.is_empty() {
+    let n = s.orphans.len();
+    let reaped: Vec<String> = s
+        .orphans
+        .iter()
+        .filter(|p| reapable.contains(p))
+        .map(|p| p.to_string())
+        .collect();
+    let what = match reaped.len() {
+        0 => "none is provably ours, so `mm-upgrade reap` leaves them: stop them by hand".into(),
+        k if k == n => "`mm-upgrade reap` stops them".into(),
+        _ => format!(
+            "`mm-upgrade reap` stops {} of them ({}); the others are not provably ours: stop them by hand",
+            reaped.len(),
+            reaped.join(", ")
+        ),
+    };
+    if n > 0 {
         out.push(format!(
-            "{} orphan(s) (their host is gone, nothing will reconnect them): `mm-upgrade reap` stops them.",
-            s.orphans.len()
+            "{n} orphan(s) (their host is gone, nothing will reconnect them): {what}."
         ));
     }
     out

@@ -65,16 +65,9 @@ fn via(l: &Launch) -> String {
     }
 }
 
-/// An orphan's launch, in words (`reap`'s plan; `status` adds what to do).
-pub fn orphan_launch(l: &Launch) -> String {
-    format!(
-        "orphan: its host is gone (reparented to init or a subreaper){}",
-        via(l)
-    )
-}
-
-/// `status`: the launcher of one process, under its line.
-pub fn status_launch(l: &Launch) -> String {
+/// The launcher of one process, under its line in a plan: its host, or
+/// that it is an orphan.
+pub fn launch_line(l: &Launch) -> String {
     let via = via(l);
     match &l.host {
         Some(h) => format!(
@@ -83,8 +76,23 @@ pub fn status_launch(l: &Launch) -> String {
             h.pid,
             h.command
         ),
-        None if l.orphan => format!("{}; `mm-upgrade reap` stops it", orphan_launch(l)),
+        None if l.orphan => {
+            format!("orphan: its host is gone (reparented to init or a subreaper){via}")
+        }
         None => format!("launcher unknown{via}"),
+    }
+}
+
+/// `status`: the same, and for an orphan what `mm-upgrade reap` does with
+/// it (`reapable`: proven ours, so reap stops it; otherwise reap leaves it).
+pub fn status_launch(l: &Launch, reapable: bool) -> String {
+    let line = launch_line(l);
+    match (l.host.is_none() && l.orphan, reapable) {
+        (false, _) => line,
+        (true, true) => format!("{line}; `mm-upgrade reap` stops it"),
+        (true, false) => {
+            format!("{line}; not provably ours, so `mm-upgrade reap` leaves it: stop it by hand")
+        }
     }
 }
 

@@ -238,7 +238,7 @@ pub(super) fn render_plan(
             let launch = crate::hosts::launch_of(crate::sys::real(), pid);
             lines.push(format!(
                 "      {}",
-                crate::hosts::words::status_launch(&launch)
+                crate::hosts::words::launch_line(&launch)
             ));
         }
     }

@@ -48,10 +48,16 @@ pub struct Orphan {
 
 impl Orphan {
     pub fn start(sb: &Sandbox, name: &str) -> Orphan {
+        Orphan::start_with(sb, name, &[])
+    }
+    /// The same with more fake-server arguments (`--mode many=3`: its
+    /// secondaries are orphans too).
+    pub fn start_with(sb: &Sandbox, name: &str, args: &[&str]) -> Orphan {
         let ready = sb.path(&format!("{name}.ready"));
         let mut launcher = fake_server_cmd(Command::new(fake_server_bin()), sb, &ready);
         let launcher = launcher
             .args(["--mode", "orphan"])
+            .args(args)
             .spawn()
             .expect("spawn fake-server --mode orphan");
         let mut o = Orphan {
