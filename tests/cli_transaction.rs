@@ -475,3 +475,25 @@ fn staging_keeps_the_receipts_python_and_with_requirements() {
         "{new}"
     );
 }
+
+/// `--reinstall` of the installed version says so; it read "Installed
+/// memtomem 0.6.11 → 0.6.11", an upgrade that was none.
+#[test]
+fn a_reinstall_of_the_installed_version_is_called_a_reinstall() {
+    let sb = Sandbox::new();
+    let out = sb
+        .upgrader()
+        .args(["-y", "--reinstall", "--version", "0.6.11"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("memtomem reinstall plan: 0.6.11, the installed version\n"),
+        "{text}"
+    );
+    assert!(text.contains("Reinstalled memtomem 0.6.11 ("), "{text}");
+    assert!(!text.contains("→ 0.6.11"), "{text}");
+}

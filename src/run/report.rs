@@ -218,6 +218,9 @@ pub(super) fn render_plan(
     let t = |p: &Path| crate::pidfile::tilde(p, &home);
     let target = cx.s.version.as_deref().unwrap_or("the latest release");
     let head = match (installed, cx.install.tool_dir()) {
+        (Some(v), _) if v == target => {
+            format!("memtomem reinstall plan: {v}, the installed version")
+        }
         (Some(v), _) => format!("memtomem upgrade plan: {v} → {target}"),
         // Without uv's tool dir nothing is known of the installation.
         (None, None) => format!("memtomem upgrade plan: installed version unknown → {target}"),
@@ -432,9 +435,14 @@ pub(super) fn success(
     let window = downtime_ms
         .map(|w| format!(" ({w:.0} ms from the first stop to the new version in place)"))
         .unwrap_or_default();
-    let from = previous.map(|p| format!("{p} → ")).unwrap_or_default();
+    // A reinstall of the same version is not an upgrade "X → X".
+    let (verb, from) = match previous {
+        Some(p) if p == version => ("Reinstalled", String::new()),
+        Some(p) => ("Installed", format!("{p} → ")),
+        None => ("Installed", String::new()),
+    };
     cx.ui.say(format!(
-        "Installed memtomem {from}{version} ({}){window}.",
+        "{verb} memtomem {from}{version} ({}){window}.",
         plan.spec
     ));
     for line in crate::hosts::words::upgrade_lines(&progress.clients) {
