@@ -186,6 +186,25 @@ fn judge_other_installations(
     procs.iter().filter(|p| p["generation"] == "stale").count()
 }
 
+/// The first line of `status`: the installed version, or that memtomem is
+/// not installed (uv names its tool directory and no version is there, as
+/// the upgrade's plan decides), or that uv could not be asked.
+fn headline(version: Option<&str>, at: Option<f64>, tool_dir: Option<&Path>) -> String {
+    match (version, tool_dir) {
+        (Some(v), _) => format!(
+            "memtomem {v} installed {}",
+            at.map(fmt_wall).unwrap_or_else(|| "(unknown time)".into())
+        ),
+        (None, Some(d)) => format!(
+            "memtomem is not installed (none in uv's tool directory {})",
+            d.display()
+        ),
+        (None, None) => {
+            "memtomem's installation is unknown: uv did not name its tool directory".into()
+        }
+    }
+}
+
 /// This installation, as uv names it; without uv (or its answer) an
 /// unknown one, with a warning saying why.
 pub fn installation(common: &Common, warnings: &mut Vec<String>) -> Installation {
@@ -274,11 +293,8 @@ pub fn run(common: &Common) -> u8 {
         crate::ui::outln!("{}", crate::ui::python_json(&doc));
     } else {
         crate::ui::outln!(
-            "memtomem {} installed {}",
-            version.as_deref().unwrap_or("(unknown version)"),
-            installed_at
-                .map(fmt_wall)
-                .unwrap_or_else(|| "(unknown time)".into())
+            "{}",
+            headline(version.as_deref(), installed_at, install.tool_dir())
         );
         if procs.is_empty() {
             crate::ui::outln!("No memtomem process is running.");
@@ -374,6 +390,23 @@ mod tests {
         assert!(
             ev[0].ends_with(" before the install at 2027-01-15T08:01:40+00:00"),
             "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn the_headline_says_installed_not_installed_or_unknown() {
+        let at = Some(1_800_000_100.0);
+        assert_eq!(
+            headline(Some("0.6.12"), at, Some(Path::new("/t"))),
+            "memtomem 0.6.12 installed 2027-01-15T08:01:40+00:00"
+        );
+        assert_eq!(
+            headline(None, None, Some(Path::new("/t"))),
+            "memtomem is not installed (none in uv's tool directory /t)"
+        );
+        assert_eq!(
+            headline(None, None, None),
+            "memtomem's installation is unknown: uv did not name its tool directory"
         );
     }
 

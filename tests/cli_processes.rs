@@ -185,3 +185,19 @@ fn status_and_the_plan_give_one_start_time_per_pid() {
         .code(0)
         .stdout(predicate::str::contains(format!("started {started}")));
 }
+
+/// `status` without memtomem in uv's tool directory says it is not
+/// installed (it read "memtomem (unknown version) installed (unknown time)").
+#[test]
+fn status_says_memtomem_is_not_installed() {
+    let sb = Sandbox::new();
+    fs::remove_dir_all(sb.path("tools/memtomem")).unwrap();
+    sb.upgrader()
+        .arg("status")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::starts_with(format!(
+            "memtomem is not installed (none in uv's tool directory {})\n",
+            sb.path("tools").display()
+        )));
+}
