@@ -267,7 +267,9 @@ fn completions_and_man_page_come_from_the_clap_definition() {
 enum Sink {
     /// Read by the test.
     Captured,
-    /// `/dev/full`: every write fails with ENOSPC.
+    /// `/dev/full`: every write fails with ENOSPC (Linux only: macOS has
+    /// no such device).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Full,
     /// A pipe whose reader is gone: every write fails with EPIPE.
     ClosedPipe,
@@ -285,7 +287,19 @@ fn stdio(sink: Sink) -> std::process::Stdio {
         Sink::ClosedPipe => {
             let mut fds = [0; 2];
             // SAFETY: a valid two-int array; the read end is closed at once.
+            #[cfg(target_os = "linux")]
             assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // macOS has no pipe2: close-on-exec right after, as std does there.
+            #[cfg(not(target_os = "linux"))]
+            {
+                assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+                for fd in fds {
+                    assert_eq!(
+                        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) },
+                        0
+                    );
+                }
+            }
             unsafe { libc::close(fds[0]) };
             // SAFETY: the write end, fresh from pipe2, owned from here on.
             unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) }.into()
@@ -321,9 +335,12 @@ fn output_to_a_full_or_closed_stdout_or_stderr_never_panics() {
         &["--dry-run", "--json"],
     ];
     let sinks = [
+        #[cfg(target_os = "linux")]
         (Sink::Full, Sink::Captured),
         (Sink::ClosedPipe, Sink::Captured),
+        #[cfg(target_os = "linux")]
         (Sink::Captured, Sink::Full),
+        #[cfg(target_os = "linux")]
         (Sink::Full, Sink::Full),
         (Sink::ClosedPipe, Sink::ClosedPipe),
     ];
@@ -353,6 +370,7 @@ fn output_to_a_full_or_closed_stdout_or_stderr_never_panics() {
     assert!(!sb.uv_log().contains("install"));
 }
 
+#[cfg(target_os = "linux")] // /dev/full
 #[test]
 fn a_failing_upgrade_does_the_same_with_stdout_and_stderr_full() {
     // The failure paths print uv's stderr; a write error there must not

@@ -31,7 +31,9 @@
 //! Readiness is the pid file naming our process with its flock held (from
 //! `/proc/locks`), polled with a deadline; no fixed sleeps. Speed is never
 //! asserted here (see `bench/`).
-#![cfg(feature = "real-memtomem")]
+//!
+//! Linux only: readiness and every process check read `/proc`.
+#![cfg(all(feature = "real-memtomem", target_os = "linux"))]
 
 use std::collections::BTreeSet;
 use std::fs;
