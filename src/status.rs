@@ -29,7 +29,9 @@ fn fmt_wall(secs: f64) -> String {
 /// process table, rounded to its unit (a clock tick). The origin is "now
 /// minus the time since boot", read afresh by each run, so unrounded the
 /// same process's start moved by microseconds from one run to the next.
-pub fn fmt_start(os: &dyn Clock, start_ticks: u64) -> String {
+/// Generic, not `&dyn Clock`: callers hold a `&dyn Os`, and that upcast
+/// needs Rust 1.86 (rust-version is 1.85; the macOS check builds with it).
+pub fn fmt_start(os: &(impl Clock + ?Sized), start_ticks: u64) -> String {
     fmt_rounded(os.start_wall_secs(start_ticks), os.start_unit_secs())
 }
 
