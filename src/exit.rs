@@ -38,4 +38,4 @@ Exit codes:
   5  install failed (uv missing, timed out or failed; or the version cannot be prepared, in which case nothing was stopped)
   6  installed, but old code remains (old-generation processes, or another installation's server on an older version) or the new version does not start (status: the same found)
   130  interrupted before anything changed (an interrupt after the first stop waits until the install is done)
-`reap`: 0 the orphans were stopped (or there were none, or a dry run), 3 refused (no confirmation, another run), 4 a stop failed";
+`reap`: 0 the orphans were stopped (or there were none, or a dry run), 3 refused (no confirmation, another run), 4 a stop failed, 130 interrupted before anything was stopped";

@@ -51,6 +51,9 @@ pub fn run(common: &Common, args: &ReapArgs) -> u8 {
             return exit::INTERNAL;
         }
     };
+    // Ctrl-C at the prompt or before the stop ends the run with nothing
+    // stopped (exit 130, as the upgrade); once the stop began it finishes.
+    crate::interrupt::install();
     let mut doc = Map::new();
     let mut warnings = Vec::new();
     let install = crate::status::installation(common, &mut warnings);
@@ -102,16 +105,24 @@ pub fn run(common: &Common, args: &ReapArgs) -> u8 {
     if !args.yes {
         match ui.confirm("Stop them?") {
             Confirm::Yes => {}
-            Confirm::No | Confirm::Interrupted => {
+            Confirm::No => {
                 doc.insert("cancelled".into(), json!(true));
                 ui.say("Cancelled — nothing was stopped.");
                 return finish(&mut ui, doc, warnings, Ok(()), exit::OK);
             }
+            Confirm::Interrupted => {}
             Confirm::NotATerminal => {
                 let msg = "Refusing to stop processes without confirmation in a non-interactive shell. Pass -y.";
                 return finish(&mut ui, doc, warnings, Err(msg.into()), exit::REFUSED);
             }
         }
+    }
+    if let Some(sig) = crate::interrupt::requested() {
+        let msg = format!(
+            "interrupted by {} before anything was stopped",
+            crate::interrupt::name(sig)
+        );
+        return finish(&mut ui, doc, warnings, Err(msg), exit::INTERRUPTED);
     }
     let orphans: Vec<Instance> = found.into_iter().map(|(i, _)| i).collect();
     let targets = plan::stop_targets(&orphans, &protected);

@@ -400,3 +400,27 @@ fn a_terminal_sees_reaps_stop_and_its_closing_line() {
     );
     assert!(!orphan.alive());
 }
+
+/// Ctrl-C at reap's prompt ends it with nothing stopped, saying so, exit
+/// 130 as the upgrade (it was killed by the signal, silently).
+#[test]
+fn ctrl_c_at_reaps_prompt_stops_nothing_and_says_so() {
+    let sb = Sandbox::new();
+    let orphan = hosts::Orphan::start(&sb, "orphan");
+    let mm = assert_cmd::cargo::cargo_bin("mm-upgrade")
+        .display()
+        .to_string();
+    let tmux = Tmux::start(&sb, "c");
+    tmux.type_line("c", &format!("{mm} reap; echo exit=$?"));
+    tmux.wait("c", "the prompt", |s| s.contains("Stop them? [Y/n]"));
+    tmux.keys("c", "C-c");
+    let screen = tmux.wait("c", "reap to end", |s| {
+        s.lines().any(|l| l.starts_with("exit="))
+    });
+    assert!(screen.contains("exit=130"), "{screen}");
+    assert!(
+        screen.contains("error: interrupted by SIGINT before anything was stopped"),
+        "{screen}"
+    );
+    assert!(orphan.alive());
+}
