@@ -307,17 +307,18 @@ pub fn discover_in(os: &dyn Os, scope: &Scope) -> Inventory {
 /// Processes of this installation that hold no memtomem file. Rule (b)
 /// needs the executable to be one of the env's interpreters, so one look at
 /// each process's executable (a `stat`, cheaper than reading its argv)
-/// filters the table; only candidates get their owner, state, argv and
-/// working directory read.
+/// filters the table (on Linux an upgrade reads it ahead, while uv answers);
+/// only candidates get their owner, state, executable, argv and working
+/// directory read, afresh.
 fn scan_installation(inv: &mut Inventory, cx: &Cx) {
     let interpreters = cx.scope.install.interpreters();
     if interpreters.is_empty() {
         return;
     }
-    for pid in cx.os.pids() {
-        if proof::never_signalled(pid, cx.scope.protected)
+    for (pid, exe) in cx.os.executables() {
+        if !interpreters.contains(&exe)
+            || proof::never_signalled(pid, cx.scope.protected)
             || inv.instances.iter().any(|i| i.pid == Some(pid))
-            || !cx.os.exe(pid).is_some_and(|e| interpreters.contains(&e))
         {
             continue;
         }

@@ -26,6 +26,9 @@ use report::{refusal_text, render_plan, Ctx, Progress};
 use stage::{schema_allows, stage_and_prove, up_to_date};
 
 pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
+    // The first inventory's scan prefilter, read while uv is asked where
+    // its tools live (two process starts) rather than after.
+    sys::read_ahead_executables();
     crate::interrupt::install();
     let mut cx = Ctx {
         s,

@@ -5,6 +5,8 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
@@ -16,14 +18,80 @@ use super::{
 #[derive(Debug)]
 pub struct Linux {
     epoch: Instant,
+    /// The executables table being read ahead, if any.
+    ahead: Mutex<Option<Ahead>>,
+}
+
+/// A read of the executables table on a thread, and when it began.
+#[derive(Debug)]
+struct Ahead {
+    began: Instant,
+    table: JoinHandle<Vec<(Pid, FileId)>>,
 }
 
 impl Default for Linux {
     fn default() -> Self {
         Linux {
             epoch: Instant::now(),
+            ahead: Mutex::new(None),
         }
     }
+}
+
+/// The oldest read-ahead table a scan takes; an older one is read again.
+const AHEAD_MAX_AGE: Duration = Duration::from_millis(500);
+
+impl Linux {
+    /// Read the executables table on a thread, for the next
+    /// [`Processes::executables`] to take (once, and only while younger
+    /// than [`AHEAD_MAX_AGE`]). What it decides is unchanged: the table only
+    /// prefilters, and every candidate's executable, argv, owner and state
+    /// are read afresh when it is judged. A process that starts in between
+    /// is missed as one that starts just after the scan would be.
+    pub fn read_ahead_executables(&self) {
+        let h = std::thread::spawn(read_executables);
+        *self.ahead.lock().unwrap_or_else(PoisonError::into_inner) = Some(Ahead {
+            began: Instant::now(),
+            table: h,
+        });
+    }
+}
+
+/// Every process's executable, `stat`ed through `/proc/<pid>/exe` (the
+/// magic link leads to the file itself): one syscall per process, relative
+/// to one open `/proc`, nothing allocated per process.
+fn read_executables() -> Vec<(Pid, FileId)> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::fstatat;
+    use std::io::Write;
+    let (Ok(proc), Ok(dir)) = (fs::File::open("/proc"), fs::read_dir("/proc")) else {
+        return Vec::new();
+    };
+    let pids: Vec<Pid> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let fd = Some(proc.as_raw_fd());
+    let mut out = Vec::with_capacity(pids.len());
+    let mut buf = [0u8; 32];
+    for pid in pids {
+        let mut w = &mut buf[..];
+        if write!(w, "{pid}/exe\0").is_err() {
+            continue;
+        }
+        let Ok(path) = std::ffi::CStr::from_bytes_until_nul(&buf) else {
+            continue;
+        };
+        if let Ok(st) = fstatat(fd, path, AtFlags::empty()) {
+            out.push((
+                pid,
+                FileId {
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                },
+            ));
+        }
+    }
+    out
 }
 
 /// Parse `/proc/<pid>/stat`. The command name may contain spaces and
@@ -161,6 +229,20 @@ impl Processes for Linux {
         };
         dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect()
+    }
+
+    fn executables(&self) -> Vec<(Pid, FileId)> {
+        let ahead = self
+            .ahead
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match ahead {
+            Some(a) if a.began.elapsed() <= AHEAD_MAX_AGE => {
+                a.table.join().unwrap_or_else(|_| read_executables())
+            }
+            _ => read_executables(),
+        }
     }
 
     fn stat(&self, pid: Pid) -> Option<ProcStat> {
@@ -508,6 +590,25 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert!(m[0].deleted && m[0].path == "/t/memtomem/lib/a.so");
         assert!(!m[1].deleted);
+    }
+
+    /// The table read ahead is the first scan's, with every process's
+    /// executable; the next scan reads the table afresh and so sees a
+    /// process started in between (a stale table is never served twice).
+    #[test]
+    fn a_table_read_ahead_serves_one_scan_then_the_table_is_read_afresh() {
+        use crate::testutil::Proc;
+        let os = Linux::default();
+        os.read_ahead_executables();
+        let me = std::process::id() as Pid;
+        let own = FileId::of(&fs::metadata("/proc/self/exe").unwrap());
+        let first = os.executables();
+        assert!(first.contains(&(me, own)), "{first:?}");
+        let sleep =
+            Proc::spawn(std::process::Command::new("sleep").arg("30")).exec_done(&["sleep", "30"]);
+        let exe = os.exe(sleep.pid()).unwrap();
+        assert!(!first.iter().any(|e| e.0 == sleep.pid()));
+        assert!(os.executables().contains(&(sleep.pid(), exe)));
     }
 
     #[test]

@@ -150,6 +150,15 @@ pub trait Processes {
     fn has_tty(&self, _pid: Pid) -> Option<bool> {
         None
     }
+    /// Every listed process whose executable can be seen, with its
+    /// identity: the scan's prefilter (rule (b) needs the executable to be
+    /// one of the installation's interpreters).
+    fn executables(&self) -> Vec<(Pid, FileId)> {
+        self.pids()
+            .into_iter()
+            .filter_map(|p| Some((p, self.exe(p)?)))
+            .collect()
+    }
     /// One pass over the table.
     fn table(&self) -> Vec<ProcStat> {
         self.pids()
@@ -257,6 +266,14 @@ pub fn self_and_ancestors_in<P: Processes + ?Sized>(os: &P) -> Vec<Pid> {
 /// [`self_and_ancestors_in`] the real OS.
 pub fn self_and_ancestors() -> Vec<Pid> {
     self_and_ancestors_in(real())
+}
+
+/// Start reading the process table's executables on a thread (Linux), for
+/// the next [`Processes::executables`] on the real OS to take: an upgrade's
+/// first scan then runs while uv answers `uv tool dir`.
+pub fn read_ahead_executables() {
+    #[cfg(target_os = "linux")]
+    real().read_ahead_executables();
 }
 
 /// Now in start-time units on the real clock (see [`Clock::start_now`]).
