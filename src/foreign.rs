@@ -222,10 +222,10 @@ pub fn lines(others: &[Foreign], target: Option<&str>) -> Vec<String> {
             ));
         }
         if f.configs.is_empty() {
-            out.push(
-                "      no known MCP host config names it: change the host that launched it, then restart it"
-                    .into(),
-            );
+            out.push(match f.old_code {
+                true => "      no known MCP host config names it: change the host that launched it, then restart it",
+                false => "      no known MCP host config names it; nothing to do while it runs this version",
+            }.into());
         }
     }
     out

@@ -141,6 +141,33 @@ fn fake_servers_of_other_installations_are_named_with_version_launch_and_config(
     assert!(scope(&env).others.is_empty());
 }
 
+/// Only old code is told to change its host: a server of another
+/// installation on the target version has nothing to do.
+#[test]
+fn only_old_code_without_a_config_is_told_to_change_its_host() {
+    let f = |version: &str, old_code| Foreign {
+        pid: 7,
+        version: Some(version.into()),
+        command: "python -m memtomem.server".into(),
+        launcher: None,
+        installation: PathBuf::from("/venv"),
+        configs: vec![],
+        old_code,
+    };
+    let text = lines(&[f("0.6.11", true), f("0.6.12", false)], Some("0.6.12"));
+    let advice: Vec<&String> = text
+        .iter()
+        .filter(|l| l.contains("no known MCP host config"))
+        .collect();
+    assert_eq!(advice.len(), 2, "{text:?}");
+    assert!(advice[0].ends_with("change the host that launched it, then restart it"));
+    assert!(
+        advice[1].ends_with("nothing to do while it runs this version"),
+        "{}",
+        advice[1]
+    );
+}
+
 #[test]
 fn unknown_or_unparsable_versions_are_old_code() {
     assert!(older(Some("0.6.11"), Some("0.6.12")));
