@@ -1,8 +1,9 @@
 //! macOS: OS calls only; every decision is in shared code that the Linux
 //! tests exercise (through [`super::fake`]).
 //! - the process table through `sysinfo` (pids, argv, working directory);
-//! - run state, start time (µs) and ignored signals from `kinfo_proc`
-//!   (`sysctl(KERN_PROC_PID)`: `p_stat`, `p_starttime`, `p_sigignore`);
+//! - run state, start time (µs), ignored signals and whether there is a
+//!   controlling terminal from `kinfo_proc` (`sysctl(KERN_PROC_PID)`:
+//!   `p_stat`, `p_starttime`, `p_sigignore`, `e_tdev`);
 //!   parent, group and owner from `proc_pidinfo(PROC_PIDTBSDINFO)`;
 //! - the executable through `proc_pidpath`;
 //! - which processes have a file open through `proc_pidinfo(PROC_PIDLISTFDS)`
@@ -75,16 +76,44 @@ struct ExternProc {
     p_ru: *mut c_void,
 }
 
-/// `struct kinfo_proc` of `<sys/sysctl.h>`: `extern_proc`, then `eproc`
-/// (not read here).
+/// `struct eproc` of `<sys/sysctl.h>` (LP64), the second member of
+/// `kinfo_proc`; only `e_tdev` is read, the credentials and address space
+/// before it are opaque here.
+#[repr(C)]
+struct Eproc {
+    e_paddr: *mut c_void,
+    e_sess: *mut c_void,
+    e_pcred: [u64; 13], // struct _pcred: 104 bytes
+    e_ucred: [u32; 19], // struct _ucred: 76 bytes
+    e_vm: [u64; 8],     // struct vmspace: 64 bytes
+    e_ppid: libc::pid_t,
+    e_pgid: libc::pid_t,
+    e_jobc: libc::c_short,
+    /// The controlling terminal's device, [`NODEV`] when there is none.
+    e_tdev: libc::dev_t,
+    e_tpgid: libc::pid_t,
+    e_tsess: *mut c_void,
+    e_wmesg: [libc::c_char; 8],
+    e_xsize: i32,
+    e_xrssize: libc::c_short,
+    e_xccount: libc::c_short,
+    e_xswrss: libc::c_short,
+    e_flag: i32,
+    e_login: [libc::c_char; 12],
+    e_spare: [i32; 4],
+}
+
+/// `struct kinfo_proc` of `<sys/sysctl.h>`.
 #[repr(C)]
 struct KinfoProc {
     kp_proc: ExternProc,
-    kp_eproc: [u64; 44],
+    kp_eproc: Eproc,
 }
 
 // The layout the kernel fills: checked wherever this compiles.
 const _: () = assert!(size_of::<ExternProc>() == 296);
+const _: () = assert!(std::mem::offset_of!(Eproc, e_tdev) == 276);
+const _: () = assert!(size_of::<Eproc>() == 352);
 const _: () = assert!(size_of::<KinfoProc>() == 648);
 
 /// `struct proc_fileinfo` of `<sys/proc_info.h>`.
@@ -106,6 +135,8 @@ struct VnodeFdInfoWithPath {
 
 const PROC_PIDFDVNODEPATHINFO: libc::c_int = 2;
 const SSTOP: libc::c_char = 4;
+/// `NODEV` of `<sys/param.h>`: `(dev_t)-1`, `e_tdev` without a terminal.
+const NODEV: libc::dev_t = -1;
 const SZOMB: libc::c_char = 5;
 
 /// `kinfo_proc` of one process, if it exists.
@@ -357,6 +388,12 @@ impl Processes for Macos {
 
     fn maps(&self, _pid: Pid) -> Vec<Mapping> {
         Vec::new()
+    }
+
+    /// The kernel sets `e_tdev` only for a process whose session has a
+    /// controlling terminal (`P_CONTROLT`), `NODEV` otherwise.
+    fn has_tty(&self, pid: Pid) -> Option<bool> {
+        kinfo(pid).map(|kp| kp.kp_eproc.e_tdev != NODEV)
     }
 }
 

@@ -259,4 +259,39 @@ mod tests {
         drop(w2);
         assert!(poll_readable(&[r2.as_raw_fd()], Duration::ZERO, &|| false));
     }
+
+    use rusty_fork::rusty_fork_test;
+    rusty_fork_test! {
+        /// `has_tty` on real processes, both OSes (Linux: `tty_nr`; macOS:
+        /// `e_tdev`), in a process of its own (the pty's descriptors are
+        /// inheritable): a new session has no terminal until it makes a pty
+        /// its controlling terminal.
+        #[test]
+        fn has_tty_sees_a_controlling_terminal() {
+            use crate::sys::{real, Processes};
+            use crate::testutil::Proc;
+            use std::os::unix::process::CommandExt;
+            use std::process::{Command, Stdio};
+            let pty = nix::pty::openpty(None, None).unwrap();
+            let slave = pty.slave.as_raw_fd();
+            let session = |ctty: bool| {
+                let mut cmd = Command::new("sleep");
+                cmd.arg("30").stdin(Stdio::null()).stdout(Stdio::null());
+                // SAFETY: async-signal-safe calls only, between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        nix::unistd::setsid()?;
+                        if ctty && libc::ioctl(slave, libc::TIOCSCTTY as _, 0) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                Proc(cmd.spawn().unwrap()).exec_done(&["sleep", "30"])
+            };
+            let (none, tty) = (session(false), session(true));
+            assert_eq!(real().has_tty(none.pid()), Some(false));
+            assert_eq!(real().has_tty(tty.pid()), Some(true));
+        }
+    }
 }
