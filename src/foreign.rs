@@ -68,6 +68,12 @@ pub fn version_of(os: &dyn Os, scope: &Scope, pid: Pid) -> Option<Option<String>
     }
 }
 
+/// What a process's argv must mention to be surveyed, unless the inventory
+/// is confined to one runtime dir (`--runtime-dir`): then nothing is.
+pub fn needle(env: &crate::paths::PathEnv) -> Option<&'static str> {
+    env.runtime_override.is_none().then_some("memtomem")
+}
+
 /// The servers of other installations: those of the inventory and, unless
 /// the inventory is confined to one runtime dir (`--runtime-dir`, a sandbox
 /// whose servers are all registered there), the user's other processes
@@ -82,11 +88,9 @@ pub fn survey(os: &dyn Os, inv: &Inventory, scope: &Scope, target: Option<&str>)
             _ => None,
         })
         .collect();
-    if scope.env.runtime_override.is_none() {
-        for pid in os.pids() {
-            if proof::never_signalled(pid, scope.protected)
-                || found.iter().any(|(p, _)| *p == pid)
-                || !os.cmdline(pid).iter().any(|a| a.contains("memtomem"))
+    if let Some(needle) = needle(scope.env) {
+        for pid in os.mentioning(needle) {
+            if proof::never_signalled(pid, scope.protected) || found.iter().any(|(p, _)| *p == pid)
             {
                 continue;
             }

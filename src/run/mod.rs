@@ -26,9 +26,10 @@ use report::{refusal_text, render_plan, Ctx, Progress};
 use stage::{schema_allows, stage_and_prove, up_to_date};
 
 pub fn upgrade(s: &Settings, ui: &mut Ui) -> u8 {
-    // The first inventory's scan prefilter, read while uv is asked where
-    // its tools live (two process starts) rather than after.
-    sys::read_ahead_executables();
+    // The prefilters of the first inventory's scan and of the survey of
+    // other installations, read while uv is asked where its tools live (two
+    // process starts) rather than after.
+    sys::read_ahead(crate::foreign::needle(&s.paths));
     crate::interrupt::install();
     let mut cx = Ctx {
         s,

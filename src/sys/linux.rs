@@ -19,21 +19,45 @@ use super::{
 pub struct Linux {
     epoch: Instant,
     /// The executables table being read ahead, if any.
-    ahead: Mutex<Option<Ahead>>,
+    exes_ahead: Slot<Vec<(Pid, FileId)>>,
+    /// The processes whose argv mentions a needle, being read ahead.
+    argv_ahead: Slot<(&'static str, Vec<Pid>)>,
 }
 
-/// A read of the executables table on a thread, and when it began.
+/// Where a table read ahead waits to be taken.
+type Slot<T> = Mutex<Option<Ahead<T>>>;
+
+/// A read of a table on a thread, and when it began.
 #[derive(Debug)]
-struct Ahead {
+struct Ahead<T> {
     began: Instant,
-    table: JoinHandle<Vec<(Pid, FileId)>>,
+    table: JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Ahead<T> {
+    fn start(slot: &Slot<T>, read: impl FnOnce() -> T + Send + 'static) {
+        let a = Ahead {
+            began: Instant::now(),
+            table: std::thread::spawn(read),
+        };
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(a);
+    }
+
+    /// The table, once, if it is young enough.
+    fn take(slot: &Slot<T>) -> Option<T> {
+        let a = slot.lock().unwrap_or_else(PoisonError::into_inner).take()?;
+        (a.began.elapsed() <= AHEAD_MAX_AGE)
+            .then(|| a.table.join().ok())
+            .flatten()
+    }
 }
 
 impl Default for Linux {
     fn default() -> Self {
         Linux {
             epoch: Instant::now(),
-            ahead: Mutex::new(None),
+            exes_ahead: Mutex::new(None),
+            argv_ahead: Mutex::new(None),
         }
     }
 }
@@ -42,19 +66,38 @@ impl Default for Linux {
 const AHEAD_MAX_AGE: Duration = Duration::from_millis(500);
 
 impl Linux {
-    /// Read the executables table on a thread, for the next
-    /// [`Processes::executables`] to take (once, and only while younger
-    /// than [`AHEAD_MAX_AGE`]). What it decides is unchanged: the table only
-    /// prefilters, and every candidate's executable, argv, owner and state
-    /// are read afresh when it is judged. A process that starts in between
-    /// is missed as one that starts just after the scan would be.
-    pub fn read_ahead_executables(&self) {
-        let h = std::thread::spawn(read_executables);
-        *self.ahead.lock().unwrap_or_else(PoisonError::into_inner) = Some(Ahead {
-            began: Instant::now(),
-            table: h,
-        });
+    /// Read the executables table, and when `needle` is given the
+    /// processes whose argv mentions it, on threads, for the next
+    /// [`Processes::executables`] and [`Processes::mentioning`] to take
+    /// (once, and only while younger than [`AHEAD_MAX_AGE`]). What they
+    /// decide is unchanged: the tables only prefilter, and every candidate's
+    /// executable, argv, owner and state are read afresh when it is judged.
+    /// A process that starts in between is missed as one that starts just
+    /// after the scan would be.
+    pub fn read_ahead(&self, needle: Option<&'static str>) {
+        Ahead::start(&self.exes_ahead, read_executables);
+        if let Some(n) = needle {
+            Ahead::start(&self.argv_ahead, move || (n, read_mentioning(n)));
+        }
     }
+}
+
+/// The pids `/proc` lists, and `/proc` itself open to walk from.
+fn list_proc() -> Option<(fs::File, Vec<Pid>)> {
+    let proc = fs::File::open("/proc").ok()?;
+    let pids = fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    Some((proc, pids))
+}
+
+/// `<pid>/<name>` in `buf`, NUL-terminated, without allocating.
+fn proc_path<'b>(buf: &'b mut [u8; 64], pid: Pid, name: &str) -> Option<&'b std::ffi::CStr> {
+    use std::io::Write;
+    let mut w = &mut buf[..];
+    write!(w, "{pid}/{name}\0").ok()?;
+    std::ffi::CStr::from_bytes_until_nul(&buf[..]).ok()
 }
 
 /// Every process's executable, `stat`ed through `/proc/<pid>/exe` (the
@@ -63,22 +106,14 @@ impl Linux {
 fn read_executables() -> Vec<(Pid, FileId)> {
     use nix::fcntl::AtFlags;
     use nix::sys::stat::fstatat;
-    use std::io::Write;
-    let (Ok(proc), Ok(dir)) = (fs::File::open("/proc"), fs::read_dir("/proc")) else {
+    let Some((proc, pids)) = list_proc() else {
         return Vec::new();
     };
-    let pids: Vec<Pid> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
     let fd = Some(proc.as_raw_fd());
     let mut out = Vec::with_capacity(pids.len());
-    let mut buf = [0u8; 32];
+    let mut buf = [0u8; 64];
     for pid in pids {
-        let mut w = &mut buf[..];
-        if write!(w, "{pid}/exe\0").is_err() {
-            continue;
-        }
-        let Ok(path) = std::ffi::CStr::from_bytes_until_nul(&buf) else {
+        let Some(path) = proc_path(&mut buf, pid, "exe") else {
             continue;
         };
         if let Ok(st) = fstatat(fd, path, AtFlags::empty()) {
@@ -92,6 +127,52 @@ fn read_executables() -> Vec<(Pid, FileId)> {
         }
     }
     out
+}
+
+/// The processes whose argv mentions `needle` (one argument contains it),
+/// their argv read into one reused buffer.
+fn read_mentioning(needle: &str) -> Vec<Pid> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let Some((proc, pids)) = list_proc() else {
+        return Vec::new();
+    };
+    let needle = needle.as_bytes();
+    let mut path = [0u8; 64];
+    let mut argv = vec![0u8; 4096];
+    let mut out = Vec::new();
+    for pid in pids {
+        let Some(p) = proc_path(&mut path, pid, "cmdline") else {
+            continue;
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let Ok(fd) = openat(Some(proc.as_raw_fd()), p, flags, Mode::empty()) else {
+            continue;
+        };
+        // SAFETY: openat just returned this descriptor, owned by nobody else.
+        let mut f = unsafe { fs::File::from_raw_fd(fd) };
+        let Some(len) = read_all(&mut f, &mut argv) else {
+            continue;
+        };
+        if argv[..len].windows(needle.len()).any(|w| w == needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Read `f` to its end into `buf` (grown as needed); the length read.
+/// procfs serves a file from one page per read, so a short read is the end.
+fn read_all(f: &mut fs::File, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut len = 0;
+    loop {
+        let n = f.read(&mut buf[len..]).ok()?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            return Some(len);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
 }
 
 /// Parse `/proc/<pid>/stat`. The command name may contain spaces and
@@ -189,15 +270,7 @@ pub fn parse_fdinfo_flock(text: &str) -> Option<LockKind> {
 fn read_proc_file(path: &str) -> Option<(Vec<u8>, fs::File)> {
     let mut f = fs::File::open(path).ok()?;
     let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        let n = f.read(&mut buf[len..]).ok()?;
-        len += n;
-        if n == 0 || len < buf.len() {
-            break;
-        }
-        buf.resize(buf.len() * 2, 0);
-    }
+    let len = read_all(&mut f, &mut buf)?;
     buf.truncate(len);
     Some((buf, f))
 }
@@ -232,16 +305,13 @@ impl Processes for Linux {
     }
 
     fn executables(&self) -> Vec<(Pid, FileId)> {
-        let ahead = self
-            .ahead
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match ahead {
-            Some(a) if a.began.elapsed() <= AHEAD_MAX_AGE => {
-                a.table.join().unwrap_or_else(|_| read_executables())
-            }
-            _ => read_executables(),
+        Ahead::take(&self.exes_ahead).unwrap_or_else(read_executables)
+    }
+
+    fn mentioning(&self, needle: &str) -> Vec<Pid> {
+        match Ahead::take(&self.argv_ahead) {
+            Some((n, pids)) if n == needle => pids,
+            _ => read_mentioning(needle),
         }
     }
 
@@ -592,23 +662,31 @@ mod tests {
         assert!(!m[1].deleted);
     }
 
-    /// The table read ahead is the first scan's, with every process's
-    /// executable; the next scan reads the table afresh and so sees a
-    /// process started in between (a stale table is never served twice).
+    /// The tables read ahead are the first scans': every process's
+    /// executable, every process whose argv mentions the needle. The next
+    /// scans read the table afresh and so see a process started in between
+    /// (a stale table is never served twice).
     #[test]
-    fn a_table_read_ahead_serves_one_scan_then_the_table_is_read_afresh() {
+    fn tables_read_ahead_serve_one_scan_then_the_table_is_read_afresh() {
         use crate::testutil::Proc;
         let os = Linux::default();
-        os.read_ahead_executables();
         let me = std::process::id() as Pid;
+        // Ours alone, should another test process run this test meanwhile.
+        let needle: &'static str = format!("mm-upgrade-read-ahead-{me}").leak();
+        os.read_ahead(Some(needle));
         let own = FileId::of(&fs::metadata("/proc/self/exe").unwrap());
-        let first = os.executables();
-        assert!(first.contains(&(me, own)), "{first:?}");
-        let sleep =
-            Proc::spawn(std::process::Command::new("sleep").arg("30")).exec_done(&["sleep", "30"]);
-        let exe = os.exe(sleep.pid()).unwrap();
-        assert!(!first.iter().any(|e| e.0 == sleep.pid()));
-        assert!(os.executables().contains(&(sleep.pid(), exe)));
+        let exes = os.executables();
+        assert!(exes.contains(&(me, own)), "{exes:?}");
+        let mentioning = os.mentioning(needle);
+        let argv = ["sh", "-c", "sleep 30; :", needle];
+        let sh = Proc::spawn(std::process::Command::new("sh").args(&argv[1..])).exec_done(&argv);
+        let exe = os.exe(sh.pid()).unwrap();
+        assert!(!exes.iter().any(|e| e.0 == sh.pid()));
+        assert!(!mentioning.contains(&sh.pid()));
+        assert!(os.executables().contains(&(sh.pid(), exe)));
+        // (sh's child shows sh's argv until it has exec'd sleep.)
+        assert!(os.mentioning(needle).contains(&sh.pid()));
+        assert!(os.mentioning(&format!("{needle}-unmentioned")).is_empty());
     }
 
     #[test]

@@ -159,6 +159,13 @@ pub trait Processes {
             .filter_map(|p| Some((p, self.exe(p)?)))
             .collect()
     }
+    /// Every listed process with an argument that contains `needle`.
+    fn mentioning(&self, needle: &str) -> Vec<Pid> {
+        self.pids()
+            .into_iter()
+            .filter(|&p| self.cmdline(p).iter().any(|a| a.contains(needle)))
+            .collect()
+    }
     /// One pass over the table.
     fn table(&self) -> Vec<ProcStat> {
         self.pids()
@@ -268,12 +275,15 @@ pub fn self_and_ancestors() -> Vec<Pid> {
     self_and_ancestors_in(real())
 }
 
-/// Start reading the process table's executables on a thread (Linux), for
-/// the next [`Processes::executables`] on the real OS to take: an upgrade's
-/// first scan then runs while uv answers `uv tool dir`.
-pub fn read_ahead_executables() {
+/// Start reading the process table on threads (Linux): the executables,
+/// and the processes whose argv mentions `needle`, for the next
+/// [`Processes::executables`] and [`Processes::mentioning`] on the real OS
+/// to take. An upgrade's first scans then run while uv answers `uv tool dir`.
+pub fn read_ahead(needle: Option<&'static str>) {
     #[cfg(target_os = "linux")]
-    real().read_ahead_executables();
+    real().read_ahead(needle);
+    #[cfg(not(target_os = "linux"))]
+    let _ = needle;
 }
 
 /// Now in start-time units on the real clock (see [`Clock::start_now`]).
