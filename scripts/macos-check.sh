@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Compile-check mm-upgrade (library and binaries) and fake-server's binaries
-# (the test doubles: fake-server, fake-uv, fake-host) for macOS, on Linux:
+# (the test doubles: fake-server, fake-uv, fake-host) for macOS, and every
+# test target of the workspace (all features) for MM_MACOS_TEST_TARGET
+# (default aarch64-apple-darwin, what macos-latest runs; "" skips them; the
+# tests have no architecture-dependent code), on Linux:
 # Debian's rustc-web, cargo-web and rust-web-src (Rust 1.85, the project's
 # rust-version; bookworm-security) build std for the Apple targets with
 # -Zbuild-std. Nothing here runs macOS code: this proves src/sys/macos.rs and
-# everything it links compile (and its kinfo_proc layout asserts hold), with
-# warnings as errors.
+# everything it links compile (and its kinfo_proc layout asserts hold), and
+# that what is Linux-only in the tests is gated, with warnings as errors.
 #
 # It works on a copy of the checkout (the lockfile is re-resolved there for
 # Rust 1.85, never in the checkout) with a target dir of its own:
@@ -21,6 +24,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 OUT=${MM_MACOS_CHECK_DIR:-$ROOT/target/macos-check}
 TARGETS=${MM_MACOS_TARGETS:-x86_64-apple-darwin aarch64-apple-darwin}
+TEST_TARGET=${MM_MACOS_TEST_TARGET-aarch64-apple-darwin}
 PKGS=(rustc-web cargo-web rust-web-src)
 die() { echo "macos-check: $*" >&2; exit 1; }
 
@@ -32,6 +36,11 @@ if [[ ${MM_MACOS_CHECK_TOOLCHAIN:-debian} == rustup ]]; then
     CARGO_TARGET_DIR="$OUT/target-rustup" RUSTFLAGS="-D warnings" \
       cargo check --locked --quiet --target "$t" -p fake-server --bins \
       || die "fake-server does not compile for $t (see above)"
+    if [[ $t == "$TEST_TARGET" ]]; then
+      CARGO_TARGET_DIR="$OUT/target-rustup" RUSTFLAGS="-D warnings" \
+        cargo check --locked --quiet --target "$t" --workspace --all-targets --all-features \
+        || die "the tests do not compile for $t (see above; gate what is Linux-only)"
+    fi
     echo "macos-check: $t compiles (rustup std)"
   done
   exit 0
@@ -65,6 +74,12 @@ cd "$SRC"
 # The checkout's lockfile may name releases newer than Rust 1.85 supports.
 CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS=fallback /usr/bin/cargo update --quiet \
   || die "cargo could not resolve the dependencies for Rust 1.85"
+# ignore (assert_fs -> globwalk, tests only): 0.4.30 declares no
+# rust-version but needs let chains (Rust 1.88), which the fallback cannot see.
+if [[ -n $TEST_TARGET ]]; then
+  /usr/bin/cargo update --quiet -p ignore --precise 0.4.23 \
+    || die "cargo could not pin ignore 0.4.23 for Rust 1.85"
+fi
 for t in $TARGETS; do
   t0=$(date +%s)
   RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
@@ -79,5 +94,14 @@ for t in $TARGETS; do
     /usr/bin/cargo check --locked --quiet -Zbuild-std=std,panic_abort \
     --target "$t" -p fake-server --bins \
     || die "fake-server does not compile for $t (see above)"
-  echo "macos-check: $t compiles ($(($(date +%s) - t0))s)"
+  what="mm-upgrade and fake-server compile"
+  if [[ $t == "$TEST_TARGET" ]]; then
+    RUSTC_BOOTSTRAP=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
+      CARGO_TARGET_DIR="$OUT/target" RUSTFLAGS="-D warnings" \
+      /usr/bin/cargo check --locked --quiet -Zbuild-std=std,panic_abort \
+      --target "$t" --workspace --all-targets --all-features \
+      || die "the tests do not compile for $t (see above; gate what is Linux-only)"
+    what="$what, tests included"
+  fi
+  echo "macos-check: $t: $what ($(($(date +%s) - t0))s)"
 done
