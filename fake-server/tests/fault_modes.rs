@@ -33,6 +33,7 @@ fn survives_sigterm_and_dies_on_sigkill_leaving_pid_file(p: &mut Proc, r: &Value
     assert!(!is_locked(&pid_file(r)));
 }
 
+#[cfg(target_os = "linux")] // SigIgn of /proc/<pid>/status
 #[test]
 fn ignore_sigterm_survives_grace_and_dies_on_sigkill_leaving_pid_file() {
     let sb = Sandbox::new();
@@ -440,6 +441,7 @@ fn db_writer_holds_a_sqlite_write_lock_without_pid_file() {
     conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK").unwrap();
 }
 
+#[cfg(target_os = "linux")] // /proc/<pid>/maps
 #[test]
 fn old_generation_maps_a_deleted_file_and_maps_keeps_one() {
     let sb = Sandbox::new();
