@@ -68,6 +68,8 @@ fn pipeline(cx: &mut Ctx) -> Result<u8, u8> {
         r.installed_version.as_deref(),
     );
     others::in_plan(cx, &inv);
+    // The tables read ahead were for the passes above alone.
+    sys::discard_read_ahead();
     if s.dry_run {
         let uv_missing = r.uv_missing.clone();
         return Ok(report::dry_run(

@@ -43,9 +43,14 @@ impl<T: Send + 'static> Ahead<T> {
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(a);
     }
 
+    /// The read in `slot`, if any, leaving it empty.
+    fn taken(slot: &Slot<T>) -> Option<Ahead<T>> {
+        slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
     /// The table, once, if it is young enough.
     fn take(slot: &Slot<T>) -> Option<T> {
-        let a = slot.lock().unwrap_or_else(PoisonError::into_inner).take()?;
+        let a = Ahead::taken(slot)?;
         (a.began.elapsed() <= AHEAD_MAX_AGE)
             .then(|| a.table.join().ok())
             .flatten()
@@ -79,6 +84,12 @@ impl Linux {
         if let Some(n) = needle {
             Ahead::start(&self.argv_ahead, move || (n, read_mentioning(n)));
         }
+    }
+
+    /// Drop what was read ahead and not taken: a later pass reads afresh.
+    pub fn discard_read_ahead(&self) {
+        drop(Ahead::taken(&self.exes_ahead));
+        drop(Ahead::taken(&self.argv_ahead));
     }
 }
 
@@ -154,7 +165,13 @@ fn read_mentioning(needle: &str) -> Vec<Pid> {
         let Some(len) = read_all(&mut f, &mut argv) else {
             continue;
         };
-        if argv[..len].windows(needle.len()).any(|w| w == needle) {
+        let argv = &argv[..len];
+        // An empty needle is in every argument, as `str::contains` has it.
+        let mentions = match needle.len() {
+            0 => argv.iter().any(|b| *b != 0),
+            n => argv.windows(n).any(|w| w == needle),
+        };
+        if mentions {
             out.push(pid);
         }
     }
@@ -687,6 +704,12 @@ mod tests {
         // (sh's child shows sh's argv until it has exec'd sleep.)
         assert!(os.mentioning(needle).contains(&sh.pid()));
         assert!(os.mentioning(&format!("{needle}-unmentioned")).is_empty());
+        assert!(os.mentioning("").contains(&sh.pid()));
+        // What is read ahead and discarded is never served.
+        os.read_ahead(Some(needle));
+        os.discard_read_ahead();
+        assert!(Ahead::taken(&os.exes_ahead).is_none());
+        assert!(Ahead::taken(&os.argv_ahead).is_none());
     }
 
     #[test]

@@ -286,6 +286,13 @@ pub fn read_ahead(needle: Option<&'static str>) {
     let _ = needle;
 }
 
+/// Drop what [`read_ahead`] read and no pass took, so that every later
+/// pass reads the table afresh.
+pub fn discard_read_ahead() {
+    #[cfg(target_os = "linux")]
+    real().discard_read_ahead();
+}
+
 /// Now in start-time units on the real clock (see [`Clock::start_now`]).
 pub fn boot_ticks_now() -> u64 {
     real().start_now()
