@@ -152,7 +152,7 @@ pub fn run(common: &Common, args: &ReapArgs) -> u8 {
         ui.say(format!(
             "\nStopped {} orphan(s): pid {}.",
             killed.len(),
-            join(&killed)
+            crate::ui::pid_list(&killed)
         ));
     }
     for r in &removed {
@@ -169,13 +169,6 @@ pub fn run(common: &Common, args: &ReapArgs) -> u8 {
             exit::PARTIAL,
         )
     }
-}
-
-fn join(pids: &[Pid]) -> String {
-    pids.iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The plan in words (nothing under `--json`: the caller's `Ui` decides).

@@ -232,6 +232,14 @@ impl Ui {
 /// One line of JSON spaced like Python's `json.dumps` (`", "`, `": "`), as
 /// memtomem's `mm upgrade --json` prints it, so scripts written against its
 /// output (even ones that match text) keep working.
+/// Pids as the reports list them: `12, 34`.
+pub fn pid_list(pids: &[crate::sys::Pid]) -> String {
+    pids.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn python_json(v: &Value) -> String {
     struct Spaced;
     fn comma<W: ?Sized + io::Write>(w: &mut W, first: bool) -> io::Result<()> {

@@ -2,14 +2,7 @@
 //! these lines; nothing here prints).
 
 use super::{Client, Duplicate, HostKind, Launch};
-use crate::sys::Pid;
-
-fn pids(p: &[Pid]) -> String {
-    p.iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+use crate::ui::pid_list as pids;
 
 /// A host as `status` and the plan name it under a server ("… (pid N,
 /// command)"), so one host reads the same in every output.

@@ -5,12 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::report::{join, refusal_text, Ctx, Progress};
+use super::report::{refusal_text, Ctx, Progress};
 use crate::discover;
 use crate::error::UpgradeError;
 use crate::plan;
 use crate::stop::{self, StopConfig, StopRecord};
 use crate::sys;
+use crate::ui::pid_list;
 use crate::{clean, verify};
 
 /// Stop, clean, and stop again anything that respawned meanwhile (or, with
@@ -83,7 +84,7 @@ pub(super) fn stop_servers(
             // retire what is old afterwards.
             cx.warnings.push(format!(
                 "servers keep respawning (pids {}); they are retired after the switch",
-                join(&targets.iter().filter_map(|t| t.pid).collect::<Vec<_>>())
+                pid_list(&targets.iter().filter_map(|t| t.pid).collect::<Vec<_>>())
             ));
         }
     }
@@ -174,7 +175,7 @@ pub(super) fn retire_old_generation(
     let list = remaining.iter().filter_map(|i| i.pid).collect::<Vec<_>>();
     let msg = format!(
         "memtomem {spec} is installed, but old-generation pid {} still runs; stop it manually",
-        join(&list)
+        pid_list(&list)
     );
     Err(cx.fail(UpgradeError::Verify(msg), Some(progress)))
 }
@@ -237,7 +238,7 @@ fn respawn_registered(
         if Instant::now() >= deadline {
             cx.warnings.push(format!(
                 "pid {} started by the host of a stopped server during the upgrade never registered as a memtomem server within {}s; if it is one, it runs the previous version",
-                join(&waiting),
+                pid_list(&waiting),
                 RESPAWN_SETTLE.as_secs()
             ));
             return false;

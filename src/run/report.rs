@@ -14,7 +14,7 @@ use crate::plan::Plan;
 use crate::stop::StopRecord;
 use crate::sys::Pid;
 use crate::txn;
-use crate::ui::Ui;
+use crate::ui::{pid_list, Ui};
 
 /// What the run did so far, for every report (success or failure).
 #[derive(Default)]
@@ -134,7 +134,7 @@ impl Ctx<'_> {
             if let Some(p) = progress {
                 let killed = p.killed();
                 if !killed.is_empty() {
-                    crate::ui::errln!("Stopped before failure: {}", join(&killed));
+                    crate::ui::errln!("Stopped before failure: {}", pid_list(&killed));
                 }
                 for r in &p.removed {
                     crate::ui::errln!("Removed before failure: {}", r.display());
@@ -184,13 +184,6 @@ pub(super) fn ordered(doc: &Map<String, Value>) -> Map<String, Value> {
         }
     }
     out
-}
-
-pub(super) fn join(pids: &[Pid]) -> String {
-    pids.iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub(super) fn refusal_text(problems: &[String]) -> String {
@@ -425,7 +418,7 @@ pub(super) fn success(
     match killed.as_slice() {
         [] => {}
         [one] => cx.ui.say(format!("\nStopped pid {one}.")),
-        many => cx.ui.say(format!("\nStopped pids {}.", join(many))),
+        many => cx.ui.say(format!("\nStopped pids {}.", pid_list(many))),
     }
     for r in &progress.removed {
         cx.ui.say(format!("Removed {}.", r.display()));
