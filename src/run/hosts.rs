@@ -14,10 +14,10 @@ const RESPAWN_SETTLE: Duration = Duration::from_secs(3);
 
 /// The hosts of the stopped servers; a host that started a server of this
 /// installation after the switch is reported as respawned (on `version`),
-/// with no next step. A host with a child still starting up since our first
-/// signal (one running memtomem, or any child of a host seen respawning
-/// during the upgrade) is waited for, at most [`RESPAWN_SETTLE`]; a host
-/// with none (Claude Code keeps a failed server) costs no wait.
+/// with no next step. A host seen respawning during the upgrade, or with a
+/// child running memtomem still starting up since our first signal, is
+/// waited for, at most [`RESPAWN_SETTLE`]; any other host (Claude Code
+/// keeps a failed server) costs no wait.
 pub(super) fn settle(
     cx: &mut Ctx,
     progress: &Progress,
@@ -34,7 +34,11 @@ pub(super) fn settle(
         let fresh: Vec<Pid> = inv
             .instances
             .iter()
-            .filter(|i| i.start_ticks > installed_ticks)
+            // `>=`: a server started in the switch's own clock tick that
+            // the retirement left running began after its last look at the
+            // process table, so after the switch (the retirement counts
+            // that tick as old and stops what it sees then).
+            .filter(|i| i.start_ticks >= installed_ticks)
             .filter(|i| !matches!(i.installation, Origin::Other(_)))
             .filter_map(|i| i.pid)
             .collect();
@@ -56,19 +60,22 @@ pub(super) fn settle(
                 });
                 continue;
             }
-            // A host seen respawning during the upgrade, or a child that
-            // runs memtomem: worth waiting for.
+            // A host seen respawning during the upgrade starts its next
+            // server once it sees the last one we stopped exit, which may
+            // not have happened yet: worth waiting for, child or not. Any
+            // other host only while a child of it that runs memtomem starts.
             let respawner = progress
                 .hosts
                 .respawned_since(host, progress.first_signal_ticks);
-            waiting |= sys::descendants(&table, host).iter().any(|d| {
-                d.start_ticks >= progress.first_signal_ticks
-                    && d.state != RunState::Zombie
-                    && !registered.contains(&d.pid)
-                    && !stopped.contains(&d.pid)
-                    && !cx.protected.contains(&d.pid)
-                    && (respawner || os.cmdline(d.pid).iter().any(|a| a.contains("memtomem")))
-            });
+            waiting |= respawner
+                || sys::descendants(&table, host).iter().any(|d| {
+                    d.start_ticks >= progress.first_signal_ticks
+                        && d.state != RunState::Zombie
+                        && !registered.contains(&d.pid)
+                        && !stopped.contains(&d.pid)
+                        && !cx.protected.contains(&d.pid)
+                        && os.cmdline(d.pid).iter().any(|a| a.contains("memtomem"))
+                });
         }
         if !waiting || Instant::now() >= deadline {
             return clients;

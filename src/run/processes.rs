@@ -227,10 +227,13 @@ fn respawn_registered(
         if waiting.is_empty() {
             return false;
         }
+        // Registered with its proofs (pid file written, lock held), not
+        // merely seen in its startup gap: the caller's next inventory must
+        // find it provable, or its retries are spent on a process it may
+        // not stop yet.
         let inv = discover::discover(&cx.scope(true));
         if inv
-            .instances
-            .iter()
+            .targets()
             .any(|i| i.pid.is_some_and(|p| waiting.contains(&p)))
         {
             return true;
